@@ -1,1 +1,138 @@
-//! integration tests support
+//! Support for the integration tests: one throwaway PostgreSQL cluster per test process, a
+//! fresh migrated database per test, and waiting on conditions with a deadline (never sleeps
+//! that hope).
+
+use std::future::Future;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use jobs::local_pg::{Durability, LocalPostgres};
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::OnceCell;
+
+static CLUSTER: OnceLock<LocalPostgres> = OnceLock::new();
+static TEMPLATE: OnceCell<()> = OnceCell::const_new();
+static NEXT_DB: AtomicU32 = AtomicU32::new(0);
+const TEMPLATE_DB: &str = "onboard_template";
+
+/// The process's cluster, started on first use.
+pub fn cluster() -> &'static LocalPostgres {
+    CLUSTER.get_or_init(|| LocalPostgres::start(None, Durability::Relaxed).expect("start a throwaway PostgreSQL"))
+}
+
+/// A database of its own for one test.
+#[derive(Debug, Clone)]
+pub struct TestDb {
+    /// Its URL, for child processes.
+    pub url: String,
+    /// A pool on it.
+    pub pool: PgPool,
+}
+
+/// Creates a fresh, migrated database (a copy of a migrated template).
+pub async fn fresh_db() -> TestDb {
+    let pg = cluster();
+    TEMPLATE
+        .get_or_init(|| async {
+            let mut admin = PgConnection::connect(&pg.url("postgres")).await.expect("connect");
+            sqlx::query(sqlx::AssertSqlSafe(format!("create database {TEMPLATE_DB}")))
+                .execute(&mut admin)
+                .await
+                .expect("create template");
+            let mut conn = PgConnection::connect(&pg.url(TEMPLATE_DB)).await.expect("connect template");
+            jobs::db::migrator().run(&mut conn).await.expect("migrate template");
+            conn.close().await.expect("close");
+        })
+        .await;
+    let name = format!("test_{}_{}", std::process::id(), NEXT_DB.fetch_add(1, Ordering::SeqCst));
+    let mut admin = PgConnection::connect(&pg.url("postgres")).await.expect("connect");
+    sqlx::query(sqlx::AssertSqlSafe(format!("create database {name} template {TEMPLATE_DB}")))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
+    let url = pg.url(&name);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(20)
+        .connect(&url)
+        .await
+        .expect("connect test database");
+    TestDb { url, pool }
+}
+
+/// Polls `check` until it returns `Some`, failing the test after `deadline`.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The state of job `id` as text.
+pub async fn job_state(pool: &PgPool, id: i64) -> String {
+    sqlx::query_scalar("select state::text from onboard.job where id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .expect("job exists")
+}
+
+/// An apalis worker on our backend, run by a `Monitor` in a background task.
+pub struct RunningWorker {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl RunningWorker {
+    /// Shuts down gracefully (stop fetching, finish in-flight, release the rest) and waits.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), &mut self.handle).await;
+    }
+}
+
+impl Drop for RunningWorker {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+/// Starts a worker for `config.queue` running `handler` on every job.
+pub fn spawn_worker<F, Fut>(pool: PgPool, config: jobs::QueueConfig, handler: F) -> RunningWorker
+where
+    F: Fn(jobs::AnyJob, jobs::JobContext) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), jobs::JobError>> + Send + 'static,
+{
+    use apalis_core::monitor::Monitor;
+    use apalis_core::worker::builder::WorkerBuilder;
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let name = format!("test-{}", config.queue);
+    let monitor = Monitor::new()
+        .should_restart(|_, _| true)
+        .shutdown_timeout(Duration::from_secs(20))
+        .register(move |_| {
+            WorkerBuilder::new(name.clone())
+                .backend(jobs::PgBackend::<jobs::AnyJob>::new(pool.clone(), config.clone()))
+                .build(handler.clone())
+        });
+    let handle = tokio::spawn(async move {
+        let _ = monitor
+            .run_with_signal(async move {
+                let _ = stopped.await;
+                Ok(())
+            })
+            .await;
+    });
+    RunningWorker { stop: Some(stop), handle }
+}

@@ -1,0 +1,131 @@
+//! Enqueue inside the caller's transaction: a job is invisible until the caller commits and
+//! gone if it rolls back. Unique keys never abort the caller's transaction.
+
+use sqlx::PgConnection;
+
+use crate::NewJob;
+
+/// The outcome of an enqueue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enqueued {
+    /// The new job's id, or the id of the live job already holding the unique key.
+    pub id: i64,
+    /// True when a job with the same unique key already existed (nothing was inserted).
+    pub duplicate: bool,
+}
+
+const INSERT: &str = "
+insert into onboard.job (kind, queue, args, priority, run_at, max_attempts, unique_key, unique_completed, state)
+values ($1, $2, $3, $4, coalesce($5, now()), $6, $7, $8,
+        case when $5 > now() then 'scheduled' else 'available' end::onboard.job_state)
+on conflict (unique_key) where unique_key is not null
+    and (state in ('available', 'scheduled', 'running', 'retryable')
+         or (unique_completed and state = 'completed'))
+do nothing
+returning id";
+
+const FIND_UNIQUE: &str = "
+select id from onboard.job
+ where unique_key = $1
+   and (state in ('available', 'scheduled', 'running', 'retryable')
+        or (unique_completed and state = 'completed'))";
+
+/// Enqueues one job on the caller's connection or transaction (`&mut *tx`).
+///
+/// A duplicate unique key returns the existing job's id and leaves the transaction usable.
+pub async fn enqueue(conn: &mut PgConnection, job: &NewJob) -> Result<Enqueued, sqlx::Error> {
+    loop {
+        let inserted: Option<i64> = sqlx::query_scalar(INSERT)
+            .bind(&job.kind)
+            .bind(&job.queue)
+            .bind(sqlx::types::Json(&job.args))
+            .bind(job.priority)
+            .bind(job.run_at)
+            .bind(job.max_attempts)
+            .bind(&job.unique_key)
+            .bind(job.unique_completed)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if let Some(id) = inserted {
+            return Ok(Enqueued { id, duplicate: false });
+        }
+        // ON CONFLICT waited for any concurrent holder of the key to commit; look it up.
+        // If it finished in between, the key is free again: insert once more.
+        let Some(key) = job.unique_key.as_deref() else {
+            return Err(sqlx::Error::RowNotFound);
+        };
+        if let Some(id) = sqlx::query_scalar(FIND_UNIQUE)
+            .bind(key)
+            .fetch_optional(&mut *conn)
+            .await?
+        {
+            return Ok(Enqueued { id, duplicate: true });
+        }
+    }
+}
+
+const INSERT_MANY: &str = "
+insert into onboard.job (kind, queue, args, priority, run_at, max_attempts, unique_key, unique_completed, state)
+select kind, queue, args, priority, coalesce(run_at, now()), max_attempts, unique_key, unique_completed,
+       case when run_at > now() then 'scheduled' else 'available' end::onboard.job_state
+  from unnest($1::text[], $2::text[], $3::jsonb[], $4::smallint[], $5::timestamptz[], $6::int[],
+              $7::text[], $8::bool[])
+       as t(kind, queue, args, priority, run_at, max_attempts, unique_key, unique_completed)
+on conflict (unique_key) where unique_key is not null
+    and (state in ('available', 'scheduled', 'running', 'retryable')
+         or (unique_completed and state = 'completed'))
+do nothing
+returning id";
+
+/// Enqueues many jobs in one statement (`UNNEST`); returns the ids inserted, in order.
+/// Jobs whose unique key is already taken are skipped.
+pub async fn enqueue_many(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Vec<i64>, sqlx::Error> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut kinds = Vec::with_capacity(jobs.len());
+    let mut queues = Vec::with_capacity(jobs.len());
+    let mut args = Vec::with_capacity(jobs.len());
+    let mut priorities = Vec::with_capacity(jobs.len());
+    let mut run_ats = Vec::with_capacity(jobs.len());
+    let mut max_attempts = Vec::with_capacity(jobs.len());
+    let mut unique_keys = Vec::with_capacity(jobs.len());
+    let mut unique_completed = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        kinds.push(job.kind.as_str());
+        queues.push(job.queue.as_str());
+        args.push(sqlx::types::Json(&job.args));
+        priorities.push(job.priority);
+        run_ats.push(job.run_at);
+        max_attempts.push(job.max_attempts);
+        unique_keys.push(job.unique_key.as_deref());
+        unique_completed.push(job.unique_completed);
+    }
+    sqlx::query_scalar(INSERT_MANY)
+        .bind(kinds)
+        .bind(queues)
+        .bind(args)
+        .bind(priorities)
+        .bind(run_ats)
+        .bind(max_attempts)
+        .bind(unique_keys)
+        .bind(unique_completed)
+        .fetch_all(&mut *conn)
+        .await
+}
+
+/// Completes a running job inside the caller's transaction, fenced by its attempt. Returns
+/// false (and changes nothing) when the attempt no longer holds the job. The runtime's own
+/// acknowledgement of that attempt is then a no-op.
+pub async fn complete(conn: &mut PgConnection, id: i64, attempt: i32) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "update onboard.job
+            set state = 'completed', finalized_at = now(), lease_owner = null, lease_expires_at = null
+          where id = $1 and attempt = $2 and state = 'running'",
+    )
+    .bind(id)
+    .bind(attempt)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

@@ -1,0 +1,1 @@
+//! onboarding (being written)

@@ -1,0 +1,4 @@
+//! Integration tests: real PostgreSQL, real processes, real HTTP.
+
+mod queue;
+mod ingress;
