@@ -172,7 +172,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "unknown panic payload".to_owned())
 }
 
-const COMPLETE: &str = "
+pub const COMPLETE: &str = "
 update onboard.job
    set state = 'completed', finalized_at = now(), lease_owner = null, lease_expires_at = null
  where id = any($1) and state = 'running' and attempt = ($2::int[])[array_position($1, id)]";

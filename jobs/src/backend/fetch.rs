@@ -16,7 +16,7 @@ use crate::job::{Cancellation, JobArgs, JobContext};
 
 /// One statement for queues without caps: claims up to `$4` due rows unless the queue is
 /// paused or capped, and reports the seconds until the next waiting `run_at`.
-pub(crate) const FETCH: &str = "
+pub const FETCH: &str = "
 with restricted as (
     select exists (select 1 from onboard.queue
                     where name = $1 and (paused or max_running is not null or max_per_second is not null)) as yes

@@ -33,6 +33,13 @@ use tokio::task::JoinHandle;
 
 pub use ack::{OutcomeLayer, OutcomeService};
 
+/// The hot statements, for plan checks: the fetch (`$1` queue, `$2` owner, `$3` lease ms,
+/// `$4` limit) and the batched completion (`$1` ids, `$2` attempts).
+pub mod sql {
+    pub use super::ack::COMPLETE;
+    pub use super::fetch::FETCH;
+}
+
 use crate::job::{Cancellation, JobArgs};
 use crate::policy::Kinds;
 

@@ -2,3 +2,5 @@
 
 mod queue;
 mod ingress;
+mod processes;
+mod plans;

@@ -1,0 +1,128 @@
+//! Guarantees that need real worker processes: a SIGKILL mid-job, and two processes racing.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use integration_tests::{TestDb, fresh_db, job_state, spawn_worker, wait_for};
+use jobs::maintenance::LeaseReaper;
+use jobs::{NewJob, QueueConfig, enqueue, enqueue_many};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+async fn exec_log(db: &TestDb) {
+    sqlx::query("create table exec_log (job_id bigint not null, attempt int not null, worker text not null)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+}
+
+async fn spawn_process(db: &TestDb, queue: &str, mode: &str, lease_ms: Option<u64>) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_test-worker"));
+    cmd.arg(&db.url).arg(queue).arg(mode);
+    if let Some(lease) = lease_ms {
+        cmd.arg(lease.to_string());
+    }
+    let mut child = cmd.stdout(Stdio::piped()).kill_on_drop(true).spawn().expect("spawn test-worker");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = tokio::time::timeout(DEADLINE, lines.next_line()).await.expect("worker ready in time");
+    assert_eq!(ready.unwrap().as_deref(), Some("ready"));
+    child
+}
+
+async fn interrupt(mut child: Child) {
+    let pid = child.id().expect("running child").to_string();
+    let _ = Command::new("kill").args(["-INT", &pid]).status().await;
+    let _ = tokio::time::timeout(DEADLINE, child.wait()).await;
+}
+
+#[tokio::test]
+async fn worker_killed_mid_job_has_its_job_rescued_after_the_lease_and_cannot_complete_it() {
+    let db = fresh_db().await;
+    exec_log(&db).await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    let id = enqueue(&mut conn, &NewJob::new("victim", json!({})).queue("victims")).await.unwrap().id;
+    let mut child = spawn_process(&db, "victims", "block", Some(1000)).await;
+    let stale_owner: String = wait_for("the job to start in the child", DEADLINE, || async {
+        sqlx::query_scalar("select worker from exec_log where job_id = $1").bind(id).fetch_optional(&db.pool).await.unwrap()
+    })
+    .await;
+    child.kill().await.unwrap(); // SIGKILL: no shutdown, no release, no ack.
+    let (state, owner): (String, String) =
+        sqlx::query_as("select state::text, lease_owner from onboard.job where id = $1").bind(id).fetch_one(&db.pool).await.unwrap();
+    assert_eq!((state.as_str(), owner.as_str()), ("running", stale_owner.as_str()));
+
+    wait_for("the lease to expire", DEADLINE, || async {
+        let expired: bool = sqlx::query_scalar("select lease_expires_at < now() from onboard.job where id = $1")
+            .bind(id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        expired.then_some(())
+    })
+    .await;
+    assert_eq!(LeaseReaper::default().run_once(&mut conn).await.unwrap(), 1);
+    assert_eq!(job_state(&db.pool, id).await, "retryable");
+    // The killed worker's attempt (1) no longer holds the job.
+    assert!(!jobs::complete(&mut conn, id, 1).await.unwrap());
+
+    let pool = db.pool.clone();
+    let worker = spawn_worker(db.pool.clone(), QueueConfig::new("victims"), move |_, ctx| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query("insert into exec_log values ($1, $2, $3)")
+                .bind(ctx.id)
+                .bind(ctx.attempt)
+                .bind(&ctx.worker)
+                .execute(&pool)
+                .await
+                .map_err(jobs::JobError::retry)?;
+            Ok(())
+        }
+    });
+    wait_for("the rescued job to complete", DEADLINE, || async {
+        (job_state(&db.pool, id).await == "completed").then_some(())
+    })
+    .await;
+    worker.shutdown().await;
+    assert!(!jobs::complete(&mut conn, id, 1).await.unwrap(), "a stale completion stays fenced");
+    let attempts: Vec<i32> =
+        sqlx::query_scalar("select attempt from exec_log where job_id = $1 order by attempt").bind(id).fetch_all(&db.pool).await.unwrap();
+    assert_eq!(attempts, [1, 2]);
+    let lost: String = sqlx::query_scalar("select errors[1]->>'kind' from onboard.job where id = $1").bind(id).fetch_one(&db.pool).await.unwrap();
+    assert_eq!(lost, "lease_expired");
+}
+
+#[tokio::test]
+async fn two_worker_processes_draining_ten_thousand_jobs_run_each_exactly_once() {
+    let db = fresh_db().await;
+    exec_log(&db).await;
+    let jobs: Vec<NewJob> = (0..10_000).map(|n| NewJob::new("count", json!({"n": n})).queue("drain")).collect();
+    let mut conn = db.pool.acquire().await.unwrap();
+    for chunk in jobs.chunks(2_000) {
+        enqueue_many(&mut conn, chunk).await.unwrap();
+    }
+    let a = spawn_process(&db, "drain", "count", None).await;
+    let b = spawn_process(&db, "drain", "count", None).await;
+    wait_for("all 10,000 jobs to complete", DEADLINE, || async {
+        let left: i64 = sqlx::query_scalar("select count(*) from onboard.job where state <> 'completed'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        (left == 0).then_some(())
+    })
+    .await;
+    interrupt(a).await;
+    interrupt(b).await;
+    let (runs, distinct, workers): (i64, i64, i64) =
+        sqlx::query_as("select count(*), count(distinct job_id), count(distinct worker) from exec_log")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!((runs, distinct), (10_000, 10_000), "each job ran exactly once");
+    assert!(workers >= 1);
+    println!("two processes: {workers} worker(s) shared the 10,000 jobs");
+}
