@@ -1,1 +1,105 @@
-fn main() {}
+//! Benchmarks, run by hand: `cargo run --release -p bench -- queue`.
+//!
+//! Each run starts its own PostgreSQL (unless `DATABASE_URL` is set), measures the raw-SQL floor
+//! with pgbench in the same run, and prints our figures as ratios to it: a table, then one JSON
+//! line per figure.
+
+mod floor;
+mod queue;
+
+use jobs::local_pg::{Durability, LocalPostgres};
+
+/// One measured figure.
+#[derive(Debug, Clone)]
+pub struct Figure {
+    pub figure: String,
+    pub value: f64,
+    pub unit: &'static str,
+    pub floor: Option<f64>,
+    pub floor_config: String,
+    pub target: String,
+}
+
+impl Figure {
+    fn ratio(&self) -> Option<f64> {
+        self.floor.filter(|f| *f > 0.0).map(|f| self.value / f)
+    }
+}
+
+/// The server the bench measures: ours, or the one in `DATABASE_URL`.
+pub struct Server {
+    pub admin_url: String,
+    pub host: String,
+    pub port: u16,
+    pub bin_dir: std::path::PathBuf,
+    _pg: Option<LocalPostgres>,
+}
+
+impl Server {
+    fn start() -> anyhow::Result<Self> {
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            let parsed: Vec<&str> = url.split(['@', ':', '/']).collect();
+            let host = parsed.get(4).copied().unwrap_or("127.0.0.1").to_owned();
+            let port = parsed.get(5).and_then(|p| p.parse().ok()).unwrap_or(5432);
+            return Ok(Server { admin_url: url, host, port, bin_dir: jobs::local_pg::find_bin_dir()?, _pg: None });
+        }
+        let pg = LocalPostgres::start(None, Durability::Full)?;
+        Ok(Server {
+            admin_url: pg.url("postgres"),
+            host: "127.0.0.1".into(),
+            port: pg.port(),
+            bin_dir: pg.bin_dir().to_path_buf(),
+            _pg: Some(pg),
+        })
+    }
+
+    /// The URL of another database on the same server.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@{}:{}/{database}", self.host, self.port)
+    }
+}
+
+fn print(bench: &str, figures: &[Figure]) {
+    println!();
+    println!("{:<26} {:>14} {:<8} {:>14} {:>7}  {:<12} floor config", "figure", "value", "unit", "floor", "ratio", "target");
+    for f in figures {
+        println!(
+            "{:<26} {:>14.1} {:<8} {:>14} {:>7}  {:<12} {}",
+            f.figure,
+            f.value,
+            f.unit,
+            f.floor.map_or("-".into(), |v| format!("{v:.1}")),
+            f.ratio().map_or("-".into(), |r| format!("{r:.2}")),
+            f.target,
+            f.floor_config,
+        );
+    }
+    println!();
+    for f in figures {
+        let line = serde_json::json!({
+            "bench": bench,
+            "figure": f.figure,
+            "value": (f.value * 10.0).round() / 10.0,
+            "unit": f.unit,
+            "floor": f.floor.map(|v| (v * 10.0).round() / 10.0),
+            "floor_config": f.floor_config,
+            "ratio": f.ratio().map(|r| (r * 1000.0).round() / 1000.0),
+            "target": f.target,
+        });
+        println!("{line}");
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let which = std::env::args().nth(1).unwrap_or_else(|| "queue".into());
+    let server = Server::start()?;
+    match which.as_str() {
+        "queue" => {
+            let figures = queue::run(&server).await?;
+            print("queue", &figures);
+        }
+        other => anyhow::bail!("unknown bench `{other}`; try `queue`"),
+    }
+    Ok(())
+}

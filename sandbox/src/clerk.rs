@@ -24,7 +24,10 @@ pub(crate) fn routes() -> Router<SandboxState> {
     Router::new()
         .route("/v1/users/{user_id}", get(get_user))
         .route("/v1/organizations/{org_id}", get(get_organization))
-        .route("/v1/organizations/{org_id}/metadata", patch(update_metadata))
+        .route(
+            "/v1/organizations/{org_id}/metadata",
+            patch(update_metadata),
+        )
 }
 
 /// A Clerk error body: `{"errors":[{"message","long_message","code"}],"clerk_trace_id"}`.
@@ -189,18 +192,26 @@ async fn get_organization(
     }
 }
 
-/// One of the two metadata fields of the body: absent or `null` → `None`, an object → `Some`.
-fn metadata_field(body: &mut Map<String, Value>, field: &str) -> Result<Option<Map<String, Value>>, Response> {
+/// One of the two metadata fields of the body: absent or `null` → `Ok(None)`, an object →
+/// `Ok(Some)`, anything else → `Err(())`.
+fn metadata_field(
+    body: &mut Map<String, Value>,
+    field: &str,
+) -> Result<Option<Map<String, Value>>, ()> {
     match body.remove(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(map)) => Ok(Some(map)),
-        Some(_) => Err(error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "form_param_format_invalid",
-            "is invalid",
-            &format!("{field} must be a JSON object"),
-        )),
+        Some(_) => Err(()),
     }
+}
+
+fn not_an_object(field: &str) -> Response {
+    error(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "form_param_format_invalid",
+        "is invalid",
+        &format!("{field} must be a JSON object"),
+    )
 }
 
 /// `PATCH /v1/organizations/{org_id}/metadata` with `{public_metadata?, private_metadata?}`.
@@ -240,22 +251,25 @@ async fn update_metadata(
     };
     let public = match metadata_field(&mut body, "public_metadata") {
         Ok(public) => public,
-        Err(response) => return fail(response),
+        Err(()) => return fail(not_an_object("public_metadata")),
     };
     let private = match metadata_field(&mut body, "private_metadata") {
         Ok(private) => private,
-        Err(response) => return fail(response),
+        Err(()) => return fail(not_an_object("private_metadata")),
     };
 
     let mut data = state.lock();
     let now = Utc::now();
-    let org = data.orgs.entry(org_id.clone()).or_insert_with(|| Organization {
-        id: org_id.clone(),
-        public_metadata: Map::new(),
-        private_metadata: Map::new(),
-        created_at: now,
-        updated_at: now,
-    });
+    let org = data
+        .orgs
+        .entry(org_id.clone())
+        .or_insert_with(|| Organization {
+            id: org_id.clone(),
+            public_metadata: Map::new(),
+            private_metadata: Map::new(),
+            created_at: now,
+            updated_at: now,
+        });
     if let Some(public) = public {
         deep_merge(&mut org.public_metadata, public);
     }

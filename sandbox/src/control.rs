@@ -33,17 +33,18 @@ pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-/// Parses a JSON body into `T`, or answers 400.
-fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, Response> {
+/// Parses a JSON body into `T`.
+fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Option<T> {
     body.ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .ok_or_else(|| {
-            error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "expected a JSON body with the documented fields",
-            )
-        })
+}
+
+fn bad_body() -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "expected a JSON body with the documented fields",
+    )
 }
 
 async fn ledger(State(state): State<SandboxState>) -> Response {
@@ -61,12 +62,16 @@ struct HealRequest {
 
 async fn heal(State(state): State<SandboxState>, body: Result<Bytes, BytesRejection>) -> Response {
     match parse::<HealRequest>(body) {
-        Ok(request) if !request.key.trim().is_empty() => {
+        Some(request) if !request.key.trim().is_empty() => {
             state.heal(&request.key);
             Json(json!({"key": request.key, "healed": true})).into_response()
         }
-        Ok(_) => error(StatusCode::BAD_REQUEST, "bad_request", "key must not be empty"),
-        Err(response) => response,
+        Some(_) => error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "key must not be empty",
+        ),
+        None => bad_body(),
     }
 }
 
@@ -81,12 +86,16 @@ async fn register(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     match parse::<RegisterRequest>(body) {
-        Ok(request) if !request.org_id.is_empty() => {
+        Some(request) if !request.org_id.is_empty() => {
             state.register(&request.org_id, &request.slug);
             Json(json!({"org_id": request.org_id, "slug": request.slug})).into_response()
         }
-        Ok(_) => error(StatusCode::BAD_REQUEST, "bad_request", "org_id must not be empty"),
-        Err(response) => response,
+        Some(_) => error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "org_id must not be empty",
+        ),
+        None => bad_body(),
     }
 }
 

@@ -67,6 +67,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+pub use magic::{FAIL_TWILIO, FLAKY_FAILURES, FLAKY_TWILIO, SLOW_TWILIO};
 pub use state::{AccountStatus, Action, Effect, Provider, SandboxState, SubAccountInfo};
 
 /// How long [`Sandbox::shutdown`] waits for in-flight requests before aborting the server.
@@ -241,7 +242,11 @@ async fn not_found(uri: Uri) -> Response {
             "Resource not found",
         )
     } else if path.starts_with("/emails") {
-        resend::error(StatusCode::NOT_FOUND, "not_found", "The requested endpoint does not exist.")
+        resend::error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "The requested endpoint does not exist.",
+        )
     } else {
         control::error(StatusCode::NOT_FOUND, "not_found", "no such route")
     }
@@ -261,7 +266,11 @@ async fn method_not_allowed(uri: Uri) -> Response {
             "This method is not allowed on this resource",
         )
     } else if path.starts_with("/emails") {
-        resend::error(status, "method_not_allowed", "Method is not allowed for the requested path.")
+        resend::error(
+            status,
+            "method_not_allowed",
+            "Method is not allowed for the requested path.",
+        )
     } else {
         (status, "method not allowed").into_response()
     }

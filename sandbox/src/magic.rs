@@ -16,7 +16,7 @@ const ORG_PREFIX: &str = "org:";
 
 /// What a Twilio create should do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TwilioMagic {
+pub(crate) enum TwilioMagic {
     /// Answer 400.
     Fail,
     /// Answer 503 until the key has failed [`FLAKY_FAILURES`] times.
@@ -27,7 +27,7 @@ pub enum TwilioMagic {
 
 /// What an email send should do for one recipient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EmailMagic {
+pub(crate) enum EmailMagic {
     /// Answer 422.
     Fail,
     /// Answer 429 until the recipient has failed [`FLAKY_FAILURES`] times.
@@ -36,7 +36,7 @@ pub enum EmailMagic {
 
 /// The keys a create named `friendly_name` is judged by: the name, the org id after `org:` and
 /// the slug registered for that org id.
-pub fn twilio_keys(data: &Data, friendly_name: &str) -> Vec<String> {
+pub(crate) fn twilio_keys(data: &Data, friendly_name: &str) -> Vec<String> {
     let mut keys = vec![friendly_name.to_owned()];
     if let Some(org_id) = friendly_name.strip_prefix(ORG_PREFIX) {
         keys.push(org_id.to_owned());
@@ -48,7 +48,7 @@ pub fn twilio_keys(data: &Data, friendly_name: &str) -> Vec<String> {
 }
 
 /// The magic of a Twilio create named `friendly_name`, unless one of its keys was healed.
-pub fn twilio(data: &Data, friendly_name: &str) -> Option<TwilioMagic> {
+pub(crate) fn twilio(data: &Data, friendly_name: &str) -> Option<TwilioMagic> {
     let keys = twilio_keys(data, friendly_name);
     if data.is_healed(keys.iter().map(String::as_str)) {
         return None;
@@ -66,7 +66,7 @@ pub fn twilio(data: &Data, friendly_name: &str) -> Option<TwilioMagic> {
 }
 
 /// The magic of sending to `address` (a bare address), unless it was healed.
-pub fn email(data: &Data, address: &str) -> Option<EmailMagic> {
+pub(crate) fn email(data: &Data, address: &str) -> Option<EmailMagic> {
     if data.is_healed([address]) {
         return None;
     }

@@ -64,16 +64,31 @@ fn recipients(to: &Value) -> Option<Vec<String>> {
     }
 }
 
+/// An error answer not rendered yet.
+struct Refusal {
+    status: StatusCode,
+    name: &'static str,
+    message: String,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        error(self.status, self.name, &self.message)
+    }
+}
+
 /// Checks a parsed body the way Resend does; the error names the first problem.
-fn validate(payload: &Value) -> Result<Vec<String>, Response> {
-    let missing = |field: &str| {
-        error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "missing_required_field",
-            &format!("Missing `{field}` field."),
-        )
+fn validate(payload: &Value) -> Result<Vec<String>, Refusal> {
+    let missing = |field: &str| Refusal {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        name: "missing_required_field",
+        message: format!("Missing `{field}` field."),
     };
-    let invalid = |message: &str| error(StatusCode::UNPROCESSABLE_ENTITY, "validation_error", message);
+    let invalid = |message: &str| Refusal {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        name: "validation_error",
+        message: message.to_owned(),
+    };
     let Some(object) = payload.as_object() else {
         return Err(invalid("The request body must be a JSON object."));
     };
@@ -98,7 +113,9 @@ fn validate(payload: &Value) -> Result<Vec<String>, Response> {
         return Err(missing("to"));
     }
     if to.len() > MAX_RECIPIENTS {
-        return Err(invalid("Too many recipients: `to` accepts at most 50 addresses."));
+        return Err(invalid(
+            "Too many recipients: `to` accepts at most 50 addresses.",
+        ));
     }
     if !to.iter().all(|address| is_address(address)) {
         return Err(invalid(INVALID_ADDRESS));
@@ -110,7 +127,9 @@ fn validate(payload: &Value) -> Result<Vec<String>, Response> {
     }
     for field in ["html", "text"] {
         if present(field).is_some_and(|value| !value.is_string()) {
-            return Err(invalid(&format!("Invalid `{field}` field: expected a string.")));
+            return Err(invalid(&format!(
+                "Invalid `{field}` field: expected a string."
+            )));
         }
     }
     if present("html").is_none() && present("text").is_none() {
@@ -156,9 +175,14 @@ async fn send_email(
                 "Missing API key in the authorization header. Include the following header Authorization: Bearer YOUR_API_KEY in the request.",
             ));
         }
-        Some(value) if value.strip_prefix("Bearer ") == Some(state.config().resend_api_key.as_str()) => {}
+        Some(value)
+            if value.strip_prefix("Bearer ") == Some(state.config().resend_api_key.as_str()) => {}
         Some(_) => {
-            return fail(error(StatusCode::FORBIDDEN, "invalid_api_key", "API key is invalid"));
+            return fail(error(
+                StatusCode::FORBIDDEN,
+                "invalid_api_key",
+                "API key is invalid",
+            ));
         }
     }
 
@@ -184,7 +208,7 @@ async fn send_email(
     };
     let to = match validate(&payload) {
         Ok(to) => to,
-        Err(response) => return fail(response),
+        Err(refusal) => return fail(refusal.into_response()),
     };
 
     // Idempotency check, magic and send under one lock: concurrent duplicates cannot both send.
@@ -208,15 +232,24 @@ async fn send_email(
 
     let magics: Vec<(String, EmailMagic)> = to
         .iter()
-        .filter_map(|address| magic::email(&data, address).map(|magic| (address.to_lowercase(), magic)))
+        .filter_map(|address| {
+            magic::email(&data, address).map(|magic| (address.to_lowercase(), magic))
+        })
         .collect();
     if let Some((address, _)) = magics.iter().find(|(_, magic)| *magic == EmailMagic::Fail) {
         let message = format!("Sandbox magic: the recipient {address} is refused.");
         data.record(Provider::Resend, Action::SendEmail, &key, None, 422);
-        return error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_parameter", &message);
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_parameter",
+            &message,
+        );
     }
     let mut limited = false;
-    for (address, _) in magics.iter().filter(|(_, magic)| *magic == EmailMagic::Flaky) {
+    for (address, _) in magics
+        .iter()
+        .filter(|(_, magic)| *magic == EmailMagic::Flaky)
+    {
         let failures = data.flaky_sends.entry(address.clone()).or_default();
         if *failures < FLAKY_FAILURES {
             *failures += 1;
@@ -247,7 +280,13 @@ async fn send_email(
             },
         );
     }
-    data.record(Provider::Resend, Action::SendEmail, &key, Some(id.clone()), 200);
+    data.record(
+        Provider::Resend,
+        Action::SendEmail,
+        &key,
+        Some(id.clone()),
+        200,
+    );
     (StatusCode::OK, axum::Json(json!({"id": id}))).into_response()
 }
 
@@ -257,14 +296,23 @@ mod tests {
 
     #[test]
     fn bare_address_strips_display_names() {
-        assert_eq!(bare_address("Onboard <hello@example.com>"), "hello@example.com");
+        assert_eq!(
+            bare_address("Onboard <hello@example.com>"),
+            "hello@example.com"
+        );
         assert_eq!(bare_address(" a@b "), "a@b");
     }
 
     #[test]
     fn validate_names_the_first_missing_field() {
-        let response = validate(&json!({"from": "a@b", "subject": "s", "text": "t"})).unwrap_err();
-        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
-        assert!(validate(&json!({"from": "a@b", "to": ["c@d"], "subject": "s", "html": "<p/>"})).is_ok());
+        let Err(refusal) = validate(&json!({"from": "a@b", "subject": "s", "text": "t"})) else {
+            panic!("a body without `to` is refused");
+        };
+        assert_eq!(refusal.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(refusal.message, "Missing `to` field.");
+        assert!(
+            validate(&json!({"from": "a@b", "to": ["c@d"], "subject": "s", "html": "<p/>"}))
+                .is_ok()
+        );
     }
 }

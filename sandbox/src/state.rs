@@ -284,9 +284,7 @@ impl SandboxState {
 
     /// Records `slug` as the slug of `org_id`, for slug magic on `org:<org_id>`.
     pub fn register(&self, org_id: &str, slug: &str) {
-        self.lock()
-            .slugs
-            .insert(org_id.to_owned(), slug.to_owned());
+        self.lock().slugs.insert(org_id.to_owned(), slug.to_owned());
     }
 
     /// Signals shutdown: the server stops accepting and slow answers end early.
@@ -373,7 +371,13 @@ mod tests {
     fn effects_are_numbered_from_one_in_order() {
         let state = SandboxState::new(SandboxConfig::default());
         state.record(Provider::Resend, Action::SendEmail, "a@x", None, 422);
-        state.record(Provider::Clerk, Action::UpdateOrgMetadata, "org_1", None, 200);
+        state.record(
+            Provider::Clerk,
+            Action::UpdateOrgMetadata,
+            "org_1",
+            None,
+            200,
+        );
         let ledger = state.ledger();
         assert_eq!(
             ledger.iter().map(|effect| effect.seq).collect::<Vec<_>>(),

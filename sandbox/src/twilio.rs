@@ -247,8 +247,7 @@ async fn list_accounts(
     if !authenticated(&state, &headers) {
         return unauthorized();
     }
-    let Ok(query) = serde_urlencoded::from_str::<Form>(query.as_deref().unwrap_or_default())
-    else {
+    let Ok(query) = serde_urlencoded::from_str::<Form>(query.as_deref().unwrap_or_default()) else {
         return invalid("The query string is not valid");
     };
     let friendly_name = param(&query, "FriendlyName");
@@ -386,7 +385,7 @@ async fn update_account(
             not_found("/2010-04-01/Accounts"),
         );
     }
-    let Some(form) = form else {
+    let Some(form) = form.as_ref() else {
         return fail(
             StatusCode::BAD_REQUEST,
             &sid,
@@ -404,7 +403,7 @@ async fn update_account(
             );
         }
     };
-    let rename = param(&form, "FriendlyName");
+    let rename = param(form, "FriendlyName");
     if rename.is_some_and(|name| name.chars().count() > MAX_FRIENDLY_NAME) {
         return fail(
             StatusCode::BAD_REQUEST,

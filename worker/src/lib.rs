@@ -1,1 +1,5 @@
-//! worker
+//! Runs jobs: one apalis worker per queue on our PostgreSQL backend, the handlers of each job
+//! kind, the provider clients they call, and the queue's maintenance services.
+
+pub mod provider;
+pub mod runtime;

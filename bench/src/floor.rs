@@ -1,0 +1,97 @@
+//! The raw-SQL floors, measured with pgbench on the peers' minimal schemas in the same run.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+use crate::Server;
+
+/// `../shared/peers-bench` beside the repository (override with `ONBOARD_PEERS_BENCH`).
+pub fn peers_bench() -> PathBuf {
+    std::env::var_os("ONBOARD_PEERS_BENCH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/peers-bench"))
+}
+
+fn psql(server: &Server, db: &str, sql: &str) -> anyhow::Result<String> {
+    let out = Command::new(server.bin_dir.join("psql"))
+        .args(["-qAt", "-h", &server.host, "-p", &server.port.to_string(), "-U", "postgres", "-d", db, "-c", sql])
+        .output()
+        .context("running psql")?;
+    if !out.status.success() {
+        bail!("psql failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn psql_file(server: &Server, db: &str, file: &std::path::Path) -> anyhow::Result<()> {
+    let out = Command::new(server.bin_dir.join("psql"))
+        .args(["-qAt", "-h", &server.host, "-p", &server.port.to_string(), "-U", "postgres", "-d", db, "-f"])
+        .arg(file)
+        .output()
+        .context("running psql")?;
+    if !out.status.success() {
+        bail!("psql -f {} failed: {}", file.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+fn fresh_database(server: &Server, db: &str) -> anyhow::Result<()> {
+    psql(server, "postgres", &format!("drop database if exists {db}"))?;
+    psql(server, "postgres", &format!("create database {db}"))?;
+    Ok(())
+}
+
+/// Runs `pgbench -n -M prepared -c C -j min(C,2) -T T -D n=N -f script` and returns its TPS.
+fn pgbench(server: &Server, db: &str, script: &std::path::Path, clients: u32, n: u32, seconds: u32) -> anyhow::Result<f64> {
+    let threads = clients.min(2);
+    let out = Command::new(server.bin_dir.join("pgbench"))
+        .args(["-n", "-M", "prepared", "-h", &server.host, "-p", &server.port.to_string(), "-U", "postgres"])
+        .args(["-c", &clients.to_string(), "-j", &threads.to_string(), "-T", &seconds.to_string()])
+        .args(["-D", &format!("n={n}"), "-f"])
+        .arg(script)
+        .arg(db)
+        .output()
+        .context("running pgbench")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let tps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok());
+    match tps {
+        Some(tps) if out.status.success() => Ok(tps),
+        _ => bail!("pgbench failed: {text}{}", String::from_utf8_lossy(&out.stderr)),
+    }
+}
+
+/// The drain floor: `deq_update.sql` with batches of `n` and `clients` clients on a prefilled
+/// `schema.sql` table; jobs/s counted from the table afterwards.
+pub fn drain(server: &Server, n: u32, clients: u32, seconds: u32) -> anyhow::Result<f64> {
+    let dir = peers_bench().join("pgbench");
+    let db = "floor_queue";
+    fresh_database(server, db)?;
+    psql_file(server, db, &dir.join("schema.sql"))?;
+    let prefill = if n >= 100 { 700_000 } else if n >= 10 { 250_000 } else { 100_000 };
+    psql(server, db, &format!(
+        "insert into jobs (queue, args) select 'default', jsonb_build_object('kind','noop','n',g) from generate_series(1,{prefill}) g"
+    ))?;
+    psql(server, db, "vacuum analyze jobs")?;
+    psql(server, db, "checkpoint")?;
+    pgbench(server, db, &dir.join("deq_update.sql"), clients, n, seconds)?;
+    let done: f64 = psql(server, db, "select count(*) from jobs where state = 'completed'")?.parse()?;
+    Ok(done / f64::from(seconds))
+}
+
+/// The enqueue floor: `insert1.sql` (one row per transaction) or `insert100.sql`; rows/s.
+pub fn insert(server: &Server, script: &str, clients: u32, seconds: u32) -> anyhow::Result<f64> {
+    let dir = peers_bench().join("pgbench");
+    let db = "floor_insert";
+    fresh_database(server, db)?;
+    psql_file(server, db, &dir.join("schema.sql"))?;
+    psql(server, db, "checkpoint")?;
+    pgbench(server, db, &dir.join(format!("{script}.sql")), clients, 1, seconds)?;
+    let rows: f64 = psql(server, db, "select count(*) from jobs")?.parse()?;
+    Ok(rows / f64::from(seconds))
+}
