@@ -27,9 +27,10 @@ async fn fresh(server: &Server) -> anyhow::Result<PgPool> {
 }
 
 fn worker_config() -> QueueConfig {
+    let env = |name: &str, default: usize| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
     let mut config = QueueConfig::new("default");
-    config.batch_size = 100;
-    config.max_in_flight = 400;
+    config.batch_size = env("BENCH_BATCH", 100);
+    config.max_in_flight = env("BENCH_IN_FLIGHT", 400);
     config
 }
 
@@ -79,11 +80,12 @@ async fn stop(running: Running) {
 
 async fn prefill(pool: &PgPool, n: usize) -> anyhow::Result<()> {
     let mut conn = pool.acquire().await?;
-    let jobs: Vec<NewJob> = (0..n).map(|i| NewJob::new("noop", json!({"n": i}))).collect();
-    for chunk in jobs.chunks(5_000) {
-        enqueue_many(&mut conn, chunk).await?;
+    for start in (0..n).step_by(5_000) {
+        let chunk: Vec<NewJob> = (start..n.min(start + 5_000)).map(|i| NewJob::new("noop", json!({"n": i}))).collect();
+        enqueue_many(&mut conn, &chunk).await?;
     }
-    sqlx::raw_sql("vacuum analyze onboard.job; checkpoint").execute(&mut *conn).await?;
+    sqlx::raw_sql("vacuum analyze onboard.job").execute(&mut *conn).await?;
+    sqlx::raw_sql("checkpoint").execute(&mut *conn).await?;
     Ok(())
 }
 
@@ -241,6 +243,16 @@ fn figure(name: &str, value: f64, unit: &'static str, floor: Option<f64>, floor_
 
 pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
     let mut figures = Vec::new();
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "drain") {
+        let workers: usize = std::env::var("BENCH_WORKERS").ok().and_then(|w| w.parse().ok()).unwrap_or(1);
+        for _ in 0..3 {
+            let pool = fresh(server).await?;
+            prefill(&pool, 20_000).await?;
+            let rate = drain(&pool, 20_000, workers, Handler::Noop).await?;
+            figures.push(figure("drain_20k", rate, "jobs/s", None, "", ""));
+        }
+        return Ok(figures);
+    }
     eprintln!("floor: deq_update.sql, batches of 100, 8 clients, {FLOOR_SECONDS} s …");
     let drain_floor = floor::drain(server, 100, 8, FLOOR_SECONDS)?;
     let drain_cfg = format!("pgbench deq_update.sql n=100 c=8 T={FLOOR_SECONDS}s");

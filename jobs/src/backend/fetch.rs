@@ -75,7 +75,7 @@ struct Claimed {
 pub(crate) async fn run_fetcher<Args: JobArgs>(
     shared: Arc<Shared>,
     tasks: mpsc::UnboundedSender<Task<Args>>,
-    listening: oneshot::Receiver<()>,
+    listening: futures::future::Shared<oneshot::Receiver<()>>,
 ) {
     // Fetch only once LISTEN is in place, so no notification falls in between.
     let _ = tokio::time::timeout(Duration::from_secs(5), listening).await;

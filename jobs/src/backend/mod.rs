@@ -26,6 +26,7 @@ use apalis_core::backend::finalize::Ephemeral;
 use apalis_core::backend::{Backend, BackendConfig};
 use apalis_core::task::Task;
 use apalis_core::worker::context::WorkerContext;
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use sqlx::PgPool;
 use tokio::sync::{Notify, Semaphore, mpsc};
@@ -60,6 +61,8 @@ pub struct QueueConfig {
     pub kinds: Kinds,
     /// Outcomes acknowledged per statement at most.
     pub ack_batch: usize,
+    /// Fetch statements in flight at once (each claims up to `batch_size`).
+    pub fetchers: usize,
 }
 
 impl QueueConfig {
@@ -73,6 +76,7 @@ impl QueueConfig {
             lease: Duration::from_secs(30),
             kinds: Kinds::default(),
             ack_batch: 1000,
+            fetchers: 2,
         }
     }
 
@@ -104,7 +108,7 @@ pub(crate) struct Shared {
     /// Set when the backend closes or is dropped.
     pub(crate) stop: Cancellation,
     pub(crate) acks: mpsc::UnboundedSender<ack::AckMessage>,
-    pub(crate) fetcher: Mutex<Option<JoinHandle<()>>>,
+    pub(crate) fetchers: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Shared {
@@ -151,7 +155,7 @@ impl<Args: JobArgs> PgBackend<Args> {
             wake: Notify::new(),
             stop: Cancellation::default(),
             acks: acks_tx,
-            fetcher: Mutex::new(None),
+            fetchers: Mutex::default(),
         });
         PgBackend {
             shared,
@@ -172,8 +176,11 @@ impl<Args: JobArgs> PgBackend<Args> {
         tokio::spawn(heartbeat::listen(self.shared.clone(), listening_tx));
         tokio::spawn(heartbeat::beat(self.shared.clone()));
         tokio::spawn(ack::run_acker(self.shared.clone(), driver.acks));
-        let fetcher = tokio::spawn(fetch::run_fetcher(self.shared.clone(), driver.tasks, listening_rx));
-        *self.shared.fetcher.lock().expect("fetcher lock") = Some(fetcher);
+        let listening = listening_rx.shared();
+        let fetchers = (0..self.shared.config.fetchers.max(1))
+            .map(|_| tokio::spawn(fetch::run_fetcher(self.shared.clone(), driver.tasks.clone(), listening.clone())))
+            .collect();
+        *self.shared.fetchers.lock().expect("fetcher lock") = fetchers;
     }
 }
 
@@ -212,8 +219,8 @@ impl<Args: JobArgs> Backend for PgBackend<Args> {
 
 /// Graceful close: stop fetching, hand back claimed-but-unstarted jobs, flush outcomes.
 async fn close<Args>(shared: Arc<Shared>, mut tasks: mpsc::UnboundedReceiver<Task<Args>>) {
-    let fetcher = shared.fetcher.lock().expect("fetcher lock").take();
-    if let Some(fetcher) = fetcher {
+    let fetchers = std::mem::take(&mut *shared.fetchers.lock().expect("fetcher lock"));
+    for fetcher in fetchers {
         let _ = fetcher.await;
     }
     tasks.close();
