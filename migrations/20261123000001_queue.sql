@@ -55,9 +55,20 @@ alter table onboard.job set (
 
 -- One NOTIFY per queue per statement; PostgreSQL folds identical notifications within a
 -- transaction, so a transaction that enqueues many jobs notifies each queue once.
+--
+-- A committing transaction that has notified takes a cluster-wide lock and holds it through
+-- its WAL flush, which serialises such commits and defeats group commit. A high-rate producer
+-- that wakes the listeners itself, coalesced (the ingress: `jobs::notify::Coalescer`), runs
+-- `set_config('onboard.notify', 'off', true)` in the statement that enqueues; this trigger then
+-- skips the NOTIFY. The `off` is consumed by the first firing after it, so later statements of
+-- the same transaction notify as usual. An unset or other value notifies, as always.
 create function onboard.job_notify() returns trigger language plpgsql as $$
 declare q text;
 begin
+    if current_setting('onboard.notify', true) = 'off' then
+        perform set_config('onboard.notify', '', true);
+        return null;
+    end if;
     for q in select distinct queue from new_rows loop
         perform pg_notify('onboard_job', q);
     end loop;

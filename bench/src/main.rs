@@ -1,10 +1,11 @@
-//! Benchmarks, run by hand: `cargo run --release -p bench -- queue`.
+//! Benchmarks, run by hand: `cargo run --release -p bench -- queue` (or `-- ingress`).
 //!
 //! Each run starts its own PostgreSQL (unless `DATABASE_URL` is set), measures the raw-SQL floor
 //! with pgbench in the same run, and prints our figures as ratios to it: a table, then one JSON
 //! line per figure.
 
 mod floor;
+mod ingress;
 mod queue;
 
 use jobs::local_pg::{Durability, LocalPostgres};
@@ -99,7 +100,11 @@ async fn main() -> anyhow::Result<()> {
             let figures = queue::run(&server).await?;
             print("queue", &figures);
         }
-        other => anyhow::bail!("unknown bench `{other}`; try `queue`"),
+        "ingress" => {
+            let figures = ingress::run(&server).await?;
+            print("ingress", &figures);
+        }
+        other => anyhow::bail!("unknown bench `{other}`; try `queue` or `ingress`"),
     }
     Ok(())
 }

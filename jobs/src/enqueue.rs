@@ -129,3 +129,21 @@ pub async fn complete(conn: &mut PgConnection, id: i64, attempt: i32) -> Result<
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// Discards a running job inside the caller's transaction, fenced by its attempt, recording
+/// `message` as that attempt's error. Returns false when the attempt no longer holds the job.
+pub async fn discard(conn: &mut PgConnection, id: i64, attempt: i32, message: &str) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "update onboard.job
+            set state = 'discarded', finalized_at = now(), lease_owner = null, lease_expires_at = null,
+                errors = array_append(errors, jsonb_build_object(
+                    'attempt', attempt, 'at', now(), 'worker', lease_owner, 'kind', 'permanent', 'message', $3::text))
+          where id = $1 and attempt = $2 and state = 'running'",
+    )
+    .bind(id)
+    .bind(attempt)
+    .bind(message)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

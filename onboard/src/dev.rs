@@ -1,25 +1,38 @@
-//! `onboard dev`: the whole service on a laptop with nothing set up.
+//! `onboard dev`: the whole service on a laptop with nothing set up — a throwaway PostgreSQL,
+//! the provider sandbox, the ingress and the worker, a dev API key, and what to try first.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
-use jobs::QueueConfig;
 use jobs::local_pg::{Durability, LocalPostgres};
+use secrecy::ExposeSecret;
 
-/// The job kinds and queues this build runs.
-pub fn registry() -> worker::runtime::Registry {
-    worker::runtime::Registry::default().queue(QueueConfig::new("default"))
-}
-
-/// Where `dev` keeps its throwaway database: `target/` next to the binary.
+/// Where `dev` keeps its throwaway database when not root: `target/onboard-dev/`.
 fn dev_dir() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     // target/<profile>/onboard → target/
     Some(exe.parent()?.parent()?.join("onboard-dev"))
 }
 
+fn sandbox_providers(base: &str) -> anyhow::Result<worker::app::ProviderSettings> {
+    let base = reqwest::Url::parse(base)?;
+    let dev = sandbox::SandboxConfig::default();
+    Ok(worker::app::ProviderSettings {
+        twilio_base_url: base.clone(),
+        twilio_account_sid: dev.twilio_account_sid.clone(),
+        twilio_auth_token: dev.twilio_auth_token.clone().into(),
+        resend_base_url: base.clone(),
+        resend_api_key: dev.resend_api_key.clone().into(),
+        email_from: "Onboard <onboarding@example.com>".into(),
+        clerk_base_url: base,
+        clerk_secret_key: dev.clerk_secret_key.clone().into(),
+        timeout: worker::provider::DEFAULT_TIMEOUT,
+    })
+}
+
 pub async fn run() -> anyhow::Result<()> {
-    let (url, _postgres) = match std::env::var("DATABASE_URL") {
+    let (url, postgres) = match std::env::var("DATABASE_URL") {
         Ok(url) => (url, None),
         Err(_) => {
             let dir = dev_dir();
@@ -31,8 +44,56 @@ pub async fn run() -> anyhow::Result<()> {
     };
     let pool = jobs::db::connect(&url, &jobs::db::PoolSettings::default()).await?;
     jobs::db::migrate(&pool).await.context("applying migrations")?;
-    println!("onboard dev is running (Ctrl-C stops it and removes the throwaway database)");
-    println!("  database  {url}");
-    println!("  worker    queues: default");
-    worker::runtime::run(pool, registry(), Default::default(), worker::runtime::shutdown_signal()).await
+
+    let sandbox_addr = std::env::var("ONBOARD_SANDBOX_ADDR").unwrap_or_else(|_| "127.0.0.1:8089".into());
+    let sandbox = sandbox::spawn(sandbox_addr.parse().context("ONBOARD_SANDBOX_ADDR")?, sandbox::SandboxConfig::default())
+        .await
+        .with_context(|| format!("starting the sandbox on {sandbox_addr}"))?;
+    let providers = if std::env::var("TWILIO_ACCOUNT_SID").is_ok() {
+        worker::app::ProviderSettings::from_env()?
+    } else {
+        sandbox_providers(&sandbox.base_url())?
+    };
+
+    let settings = ingress::Settings::from_env_for_dev()?;
+    let ingress = ingress::spawn(pool.clone(), &settings).await.context("starting the ingress")?;
+    let (_, api_key) = jobs::api_key::create(&pool, &format!("dev-{}", uuid_suffix())).await?;
+
+    worker::app::configure_queues(&pool).await?;
+    let registry = worker::app::registry(pool.clone(), providers.providers()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(worker::runtime::run(
+        pool.clone(),
+        registry,
+        worker::runtime::WorkerSettings { maintenance: worker::app::maintenance(), ..Default::default() },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+
+    let base = format!("http://{}", ingress.ingress_addr);
+    println!();
+    println!("onboard dev is running. Ctrl-C stops it{}.", if postgres.is_some() { " and deletes the throwaway database" } else { "" });
+    println!("  database      {url}");
+    println!("  webhook       POST {base}/webhooks/clerk   (secret {})", ingress::DEV_WEBHOOK_SECRET);
+    println!("  onboarding    POST {base}/v1/onboarding    (Authorization: Bearer {})", api_key.expose_secret());
+    if let Some(internal) = ingress.internal_addr {
+        println!("  internal      http://{internal}/healthz  /readyz  /metrics");
+    }
+    println!("  sandbox       {}/sandbox/ledger", sandbox.base_url());
+    println!("  try           cargo run -p onboard -- send ../shared/fixtures/clerk/organization.created.json");
+    println!();
+
+    worker::runtime::shutdown_signal().await;
+    println!("stopping…");
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(35), worker).await;
+    let _ = ingress.shutdown().await;
+    sandbox.shutdown().await;
+    drop(postgres);
+    Ok(())
+}
+
+fn uuid_suffix() -> String {
+    format!("{:x}", std::process::id())
 }

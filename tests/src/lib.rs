@@ -2,6 +2,8 @@
 //! fresh migrated database per test, and waiting on conditions with a deadline (never sleeps
 //! that hope).
 
+pub mod stack;
+
 use std::future::Future;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};

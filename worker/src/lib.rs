@@ -1,5 +1,8 @@
 //! Runs jobs: one apalis worker per queue on our PostgreSQL backend, the handlers of each job
 //! kind, the provider clients they call, and the queue's maintenance services.
 
+pub mod app;
+pub mod handlers;
 pub mod provider;
 pub mod runtime;
+pub mod saga;

@@ -4,3 +4,5 @@ mod queue;
 mod ingress;
 mod processes;
 mod plans;
+mod clerk_events;
+mod saga;

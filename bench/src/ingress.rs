@@ -1,0 +1,218 @@
+//! `bench ingress`: distinct, pre-signed `organization.created` deliveries replayed against our
+//! ingress on loopback at concurrency 1, 16 and 64, next to pgbench running the one-round-trip
+//! floor (`peers-bench/ingress/pgbench/floor_1rt.sql`) at the same concurrency.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection};
+
+use crate::floor::peers_bench;
+use crate::{Figure, Server};
+
+const SECONDS: u64 = 10;
+const WARMUP: Duration = Duration::from_secs(2);
+const SECRET: &str = "whsec_YmVuY2gtb25seS1vbmJvYXJkLXdlYmhvb2stc2VjcmV0";
+
+struct Delivery {
+    id: String,
+    timestamp: String,
+    signature: String,
+    body: Vec<u8>,
+}
+
+
+fn fixture() -> anyhow::Result<Value> {
+    let path = peers_bench().join("../fixtures/clerk/organization.created.json");
+    Ok(serde_json::from_str(&std::fs::read_to_string(&path)?)?)
+}
+
+fn deliveries(count: usize, offset: usize) -> anyhow::Result<Vec<Delivery>> {
+    let template = fixture()?;
+    let timestamp = chrono::Utc::now().timestamp();
+    (0..count)
+        .map(|i| {
+            let n = offset + i;
+            let mut event = template.clone();
+            event["data"]["id"] = Value::String(format!("org_bench{n:09}"));
+            event["data"]["slug"] = Value::String(format!("bench-{n}"));
+            let body = serde_json::to_vec(&event)?;
+            let id = format!("msg_bench{n:09}");
+            let signature = ingress::send::sign(SECRET, &id, timestamp, &body)?;
+            Ok(Delivery { id, timestamp: timestamp.to_string(), signature, body })
+        })
+        .collect()
+}
+
+struct Run {
+    requests: usize,
+    non_2xx: usize,
+    latencies_ms: Vec<f64>,
+}
+
+async fn replay(url: String, deliveries: Arc<Vec<Delivery>>, concurrency: usize) -> anyhow::Result<Run> {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let measure_from = start + WARMUP;
+    let end = measure_from + Duration::from_secs(SECONDS);
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, url, deliveries, next) = (client.clone(), url.clone(), deliveries.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut run = Run { requests: 0, non_2xx: 0, latencies_ms: Vec::new() };
+            loop {
+                let now = Instant::now();
+                if now >= end {
+                    break;
+                }
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(d) = deliveries.get(i) else { break };
+                let sent = Instant::now();
+                let response = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("svix-id", &d.id)
+                    .header("svix-timestamp", &d.timestamp)
+                    .header("svix-signature", &d.signature)
+                    .body(d.body.clone())
+                    .send()
+                    .await;
+                let done = Instant::now();
+                if sent >= measure_from && done <= end {
+                    run.requests += 1;
+                    run.latencies_ms.push((done - sent).as_secs_f64() * 1000.0);
+                    match response {
+                        Ok(r) if r.status().is_success() => {}
+                        _ => run.non_2xx += 1,
+                    }
+                }
+            }
+            run
+        }));
+    }
+    let mut total = Run { requests: 0, non_2xx: 0, latencies_ms: Vec::new() };
+    for task in tasks {
+        let run = task.await?;
+        total.requests += run.requests;
+        total.non_2xx += run.non_2xx;
+        total.latencies_ms.extend(run.latencies_ms);
+    }
+    if next.load(std::sync::atomic::Ordering::Relaxed) >= deliveries.len() {
+        anyhow::bail!("ran out of pre-signed deliveries; raise the count");
+    }
+    Ok(total)
+}
+
+fn percentile(samples: &mut [f64], p: f64) -> f64 {
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    samples.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * (samples.len() as f64 - 1.0)).round() as usize;
+    samples[rank.min(samples.len() - 1)]
+}
+
+async fn fresh(server: &Server) -> anyhow::Result<sqlx::PgPool> {
+    let mut admin = PgConnection::connect(&server.admin_url).await?;
+    sqlx::raw_sql("drop database if exists bench_ingress with (force)").execute(&mut admin).await?;
+    sqlx::raw_sql("create database bench_ingress").execute(&mut admin).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(32)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect(&server.url("bench_ingress"))
+        .await?;
+    jobs::db::migrate(&pool).await?;
+    sqlx::raw_sql("checkpoint").execute(&pool).await?;
+    Ok(pool)
+}
+
+fn floor(server: &Server, concurrency: u32) -> anyhow::Result<f64> {
+    let dir = peers_bench().join("ingress");
+    let db = "floor_ingress";
+    let psql = |database: &str, args: &[&str]| -> anyhow::Result<()> {
+        let out = std::process::Command::new(server.bin_dir.join("psql"))
+            .args(["-qAt", "-h", &server.host, "-p", &server.port.to_string(), "-U", "postgres", "-d", database])
+            .args(args)
+            .output()?;
+        anyhow::ensure!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(())
+    };
+    psql("postgres", &["-c", &format!("drop database if exists {db}")])?;
+    psql("postgres", &["-c", &format!("create database {db}")])?;
+    psql(db, &["-f", &dir.join("schema.sql").to_string_lossy()])?;
+    psql(db, &["-c", "checkpoint"])?;
+    let payload = serde_json::to_string(&fixture()?)?;
+    let out = std::process::Command::new(server.bin_dir.join("pgbench"))
+        .args(["-n", "-M", "prepared", "-h", &server.host, "-p", &server.port.to_string(), "-U", "postgres"])
+        .args(["-c", &concurrency.to_string(), "-j", &concurrency.min(2).to_string(), "-T", &SECONDS.to_string()])
+        .args(["-D", &format!("payload={payload}"), "-f"])
+        .arg(dir.join("pgbench/floor_1rt.sql"))
+        .arg(db)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("pgbench failed: {text}{}", String::from_utf8_lossy(&out.stderr)))
+}
+
+pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
+    let mut figures = Vec::new();
+    let mut offset = 0;
+    for concurrency in [1usize, 16, 64] {
+        eprintln!("floor: floor_1rt.sql at concurrency {concurrency} …");
+        let floor_rate = floor(server, concurrency as u32)?;
+        let floor_cfg = format!("pgbench floor_1rt.sql c={concurrency} T={SECONDS}s");
+
+        eprintln!("ours at concurrency {concurrency} …");
+        let pool = fresh(server).await?;
+        let count = 15_000 * (SECONDS as usize + 3) * if concurrency == 1 { 1 } else { 2 } / 2;
+        let batch = Arc::new(deliveries(count, offset)?);
+        offset += count;
+        let secrets = ingress::WebhookSecrets::parse(&SECRET.to_owned().into())?;
+        let mut settings = ingress::Settings::new(secrets);
+        settings.ingress_addr = "127.0.0.1:0".parse()?;
+        settings.dashboard_addr = None;
+        let running = ingress::spawn(pool.clone(), &settings).await?;
+        let url = format!("http://{}/webhooks/clerk", running.ingress_addr);
+        let mut run = replay(url, batch, concurrency).await?;
+        let _ = running.shutdown().await;
+        let rate = run.requests as f64 / SECONDS as f64;
+        let stored: i64 = sqlx::query_scalar("select count(*) from onboard.inbox").fetch_one(&pool).await?;
+        let jobs: i64 = sqlx::query_scalar("select count(*) from onboard.job").fetch_one(&pool).await?;
+        anyhow::ensure!(stored == jobs, "every stored delivery has its job ({stored} inbox rows, {jobs} jobs)");
+        pool.close().await;
+        let name = format!("webhook_c{concurrency}");
+        figures.push(Figure {
+            figure: format!("{name}_rate"),
+            value: rate,
+            unit: "req/s",
+            floor: Some(floor_rate),
+            floor_config: floor_cfg.clone(),
+            target: "≥0.6×".into(),
+        });
+        for (p, label) in [(50.0, "p50"), (90.0, "p90"), (99.0, "p99")] {
+            figures.push(Figure {
+                figure: format!("{name}_{label}"),
+                value: percentile(&mut run.latencies_ms, p),
+                unit: "ms",
+                floor: None,
+                floor_config: String::new(),
+                target: if concurrency == 64 && label == "p99" { "≤25".into() } else { String::new() },
+            });
+        }
+        figures.push(Figure {
+            figure: format!("{name}_non_2xx"),
+            value: run.non_2xx as f64,
+            unit: "count",
+            floor: None,
+            floor_config: String::new(),
+            target: "0".into(),
+        });
+    }
+    Ok(figures)
+}

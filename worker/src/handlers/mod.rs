@@ -1,0 +1,3 @@
+//! Job handlers, one module per family of job kinds.
+
+pub mod clerk;
