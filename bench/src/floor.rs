@@ -11,12 +11,26 @@ use crate::Server;
 pub fn peers_bench() -> PathBuf {
     std::env::var_os("ONBOARD_PEERS_BENCH")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/peers-bench"))
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/peers-bench")
+        })
 }
 
 fn psql(server: &Server, db: &str, sql: &str) -> anyhow::Result<String> {
     let out = Command::new(server.bin_dir.join("psql"))
-        .args(["-qAt", "-h", &server.host, "-p", &server.port.to_string(), "-U", "postgres", "-d", db, "-c", sql])
+        .args([
+            "-qAt",
+            "-h",
+            &server.host,
+            "-p",
+            &server.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            db,
+            "-c",
+            sql,
+        ])
         .output()
         .context("running psql")?;
     if !out.status.success() {
@@ -27,12 +41,27 @@ fn psql(server: &Server, db: &str, sql: &str) -> anyhow::Result<String> {
 
 fn psql_file(server: &Server, db: &str, file: &std::path::Path) -> anyhow::Result<()> {
     let out = Command::new(server.bin_dir.join("psql"))
-        .args(["-qAt", "-h", &server.host, "-p", &server.port.to_string(), "-U", "postgres", "-d", db, "-f"])
+        .args([
+            "-qAt",
+            "-h",
+            &server.host,
+            "-p",
+            &server.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            db,
+            "-f",
+        ])
         .arg(file)
         .output()
         .context("running psql")?;
     if !out.status.success() {
-        bail!("psql -f {} failed: {}", file.display(), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "psql -f {} failed: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }
@@ -44,11 +73,35 @@ fn fresh_database(server: &Server, db: &str) -> anyhow::Result<()> {
 }
 
 /// Runs `pgbench -n -M prepared -c C -j min(C,2) -T T -D n=N -f script` and returns its TPS.
-fn pgbench(server: &Server, db: &str, script: &std::path::Path, clients: u32, n: u32, seconds: u32) -> anyhow::Result<f64> {
+fn pgbench(
+    server: &Server,
+    db: &str,
+    script: &std::path::Path,
+    clients: u32,
+    n: u32,
+    seconds: u32,
+) -> anyhow::Result<f64> {
     let threads = clients.min(2);
     let out = Command::new(server.bin_dir.join("pgbench"))
-        .args(["-n", "-M", "prepared", "-h", &server.host, "-p", &server.port.to_string(), "-U", "postgres"])
-        .args(["-c", &clients.to_string(), "-j", &threads.to_string(), "-T", &seconds.to_string()])
+        .args([
+            "-n",
+            "-M",
+            "prepared",
+            "-h",
+            &server.host,
+            "-p",
+            &server.port.to_string(),
+            "-U",
+            "postgres",
+        ])
+        .args([
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &threads.to_string(),
+            "-T",
+            &seconds.to_string(),
+        ])
         .args(["-D", &format!("n={n}"), "-f"])
         .arg(script)
         .arg(db)
@@ -62,7 +115,10 @@ fn pgbench(server: &Server, db: &str, script: &std::path::Path, clients: u32, n:
         .and_then(|v| v.parse::<f64>().ok());
     match tps {
         Some(tps) if out.status.success() => Ok(tps),
-        _ => bail!("pgbench failed: {text}{}", String::from_utf8_lossy(&out.stderr)),
+        _ => bail!(
+            "pgbench failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
     }
 }
 
@@ -73,14 +129,29 @@ pub fn drain(server: &Server, n: u32, clients: u32, seconds: u32) -> anyhow::Res
     let db = "floor_queue";
     fresh_database(server, db)?;
     psql_file(server, db, &dir.join("schema.sql"))?;
-    let prefill = if n >= 100 { 700_000 } else if n >= 10 { 250_000 } else { 100_000 };
-    psql(server, db, &format!(
-        "insert into jobs (queue, args) select 'default', jsonb_build_object('kind','noop','n',g) from generate_series(1,{prefill}) g"
-    ))?;
+    let prefill = if n >= 100 {
+        700_000
+    } else if n >= 10 {
+        250_000
+    } else {
+        100_000
+    };
+    psql(
+        server,
+        db,
+        &format!(
+            "insert into jobs (queue, args) select 'default', jsonb_build_object('kind','noop','n',g) from generate_series(1,{prefill}) g"
+        ),
+    )?;
     psql(server, db, "vacuum analyze jobs")?;
     psql(server, db, "checkpoint")?;
     pgbench(server, db, &dir.join("deq_update.sql"), clients, n, seconds)?;
-    let done: f64 = psql(server, db, "select count(*) from jobs where state = 'completed'")?.parse()?;
+    let done: f64 = psql(
+        server,
+        db,
+        "select count(*) from jobs where state = 'completed'",
+    )?
+    .parse()?;
     Ok(done / f64::from(seconds))
 }
 
@@ -91,7 +162,14 @@ pub fn insert(server: &Server, script: &str, clients: u32, seconds: u32) -> anyh
     fresh_database(server, db)?;
     psql_file(server, db, &dir.join("schema.sql"))?;
     psql(server, db, "checkpoint")?;
-    pgbench(server, db, &dir.join(format!("{script}.sql")), clients, 1, seconds)?;
+    pgbench(
+        server,
+        db,
+        &dir.join(format!("{script}.sql")),
+        clients,
+        1,
+        seconds,
+    )?;
     let rows: f64 = psql(server, db, "select count(*) from jobs")?.parse()?;
     Ok(rows / f64::from(seconds))
 }

@@ -23,7 +23,6 @@ struct Delivery {
     body: Vec<u8>,
 }
 
-
 fn fixture() -> anyhow::Result<Value> {
     let path = peers_bench().join("../fixtures/clerk/organization.created.json");
     Ok(serde_json::from_str(&std::fs::read_to_string(&path)?)?)
@@ -41,7 +40,12 @@ fn deliveries(count: usize, offset: usize) -> anyhow::Result<Vec<Delivery>> {
             let body = serde_json::to_vec(&event)?;
             let id = format!("msg_bench{n:09}");
             let signature = ingress::send::sign(SECRET, &id, timestamp, &body)?;
-            Ok(Delivery { id, timestamp: timestamp.to_string(), signature, body })
+            Ok(Delivery {
+                id,
+                timestamp: timestamp.to_string(),
+                signature,
+                body,
+            })
         })
         .collect()
 }
@@ -52,17 +56,32 @@ struct Run {
     latencies_ms: Vec<f64>,
 }
 
-async fn replay(url: String, deliveries: Arc<Vec<Delivery>>, concurrency: usize) -> anyhow::Result<Run> {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
+async fn replay(
+    url: String,
+    deliveries: Arc<Vec<Delivery>>,
+    concurrency: usize,
+) -> anyhow::Result<Run> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();
     let measure_from = start + WARMUP;
     let end = measure_from + Duration::from_secs(SECONDS);
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (client, url, deliveries, next) = (client.clone(), url.clone(), deliveries.clone(), next.clone());
+        let (client, url, deliveries, next) = (
+            client.clone(),
+            url.clone(),
+            deliveries.clone(),
+            next.clone(),
+        );
         tasks.push(tokio::spawn(async move {
-            let mut run = Run { requests: 0, non_2xx: 0, latencies_ms: Vec::new() };
+            let mut run = Run {
+                requests: 0,
+                non_2xx: 0,
+                latencies_ms: Vec::new(),
+            };
             loop {
                 let now = Instant::now();
                 if now >= end {
@@ -93,7 +112,11 @@ async fn replay(url: String, deliveries: Arc<Vec<Delivery>>, concurrency: usize)
             run
         }));
     }
-    let mut total = Run { requests: 0, non_2xx: 0, latencies_ms: Vec::new() };
+    let mut total = Run {
+        requests: 0,
+        non_2xx: 0,
+        latencies_ms: Vec::new(),
+    };
     for task in tasks {
         let run = task.await?;
         total.requests += run.requests;
@@ -117,8 +140,12 @@ fn percentile(samples: &mut [f64], p: f64) -> f64 {
 
 async fn fresh(server: &Server) -> anyhow::Result<sqlx::PgPool> {
     let mut admin = PgConnection::connect(&server.admin_url).await?;
-    sqlx::raw_sql("drop database if exists bench_ingress with (force)").execute(&mut admin).await?;
-    sqlx::raw_sql("create database bench_ingress").execute(&mut admin).await?;
+    sqlx::raw_sql("drop database if exists bench_ingress with (force)")
+        .execute(&mut admin)
+        .await?;
+    sqlx::raw_sql("create database bench_ingress")
+        .execute(&mut admin)
+        .await?;
     let pool = PgPoolOptions::new()
         .max_connections(32)
         .acquire_timeout(Duration::from_secs(2))
@@ -134,20 +161,54 @@ fn floor(server: &Server, concurrency: u32) -> anyhow::Result<f64> {
     let db = "floor_ingress";
     let psql = |database: &str, args: &[&str]| -> anyhow::Result<()> {
         let out = std::process::Command::new(server.bin_dir.join("psql"))
-            .args(["-qAt", "-h", &server.host, "-p", &server.port.to_string(), "-U", "postgres", "-d", database])
+            .args([
+                "-qAt",
+                "-h",
+                &server.host,
+                "-p",
+                &server.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+            ])
             .args(args)
             .output()?;
-        anyhow::ensure!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
+        anyhow::ensure!(
+            out.status.success(),
+            "psql: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok(())
     };
-    psql("postgres", &["-c", &format!("drop database if exists {db}")])?;
+    psql(
+        "postgres",
+        &["-c", &format!("drop database if exists {db}")],
+    )?;
     psql("postgres", &["-c", &format!("create database {db}")])?;
     psql(db, &["-f", &dir.join("schema.sql").to_string_lossy()])?;
     psql(db, &["-c", "checkpoint"])?;
     let payload = serde_json::to_string(&fixture()?)?;
     let out = std::process::Command::new(server.bin_dir.join("pgbench"))
-        .args(["-n", "-M", "prepared", "-h", &server.host, "-p", &server.port.to_string(), "-U", "postgres"])
-        .args(["-c", &concurrency.to_string(), "-j", &concurrency.min(2).to_string(), "-T", &SECONDS.to_string()])
+        .args([
+            "-n",
+            "-M",
+            "prepared",
+            "-h",
+            &server.host,
+            "-p",
+            &server.port.to_string(),
+            "-U",
+            "postgres",
+        ])
+        .args([
+            "-c",
+            &concurrency.to_string(),
+            "-j",
+            &concurrency.min(2).to_string(),
+            "-T",
+            &SECONDS.to_string(),
+        ])
         .args(["-D", &format!("payload={payload}"), "-f"])
         .arg(dir.join("pgbench/floor_1rt.sql"))
         .arg(db)
@@ -157,7 +218,12 @@ fn floor(server: &Server, concurrency: u32) -> anyhow::Result<f64> {
         .find_map(|l| l.strip_prefix("tps = "))
         .and_then(|l| l.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("pgbench failed: {text}{}", String::from_utf8_lossy(&out.stderr)))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "pgbench failed: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
 }
 
 pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
@@ -182,9 +248,16 @@ pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
         let mut run = replay(url, batch, concurrency).await?;
         let _ = running.shutdown().await;
         let rate = run.requests as f64 / SECONDS as f64;
-        let stored: i64 = sqlx::query_scalar("select count(*) from onboard.inbox").fetch_one(&pool).await?;
-        let jobs: i64 = sqlx::query_scalar("select count(*) from onboard.job").fetch_one(&pool).await?;
-        anyhow::ensure!(stored == jobs, "every stored delivery has its job ({stored} inbox rows, {jobs} jobs)");
+        let stored: i64 = sqlx::query_scalar("select count(*) from onboard.inbox")
+            .fetch_one(&pool)
+            .await?;
+        let jobs: i64 = sqlx::query_scalar("select count(*) from onboard.job")
+            .fetch_one(&pool)
+            .await?;
+        anyhow::ensure!(
+            stored == jobs,
+            "every stored delivery has its job ({stored} inbox rows, {jobs} jobs)"
+        );
         pool.close().await;
         let name = format!("webhook_c{concurrency}");
         figures.push(Figure {
@@ -202,7 +275,11 @@ pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
                 unit: "ms",
                 floor: None,
                 floor_config: String::new(),
-                target: if concurrency == 64 && label == "p99" { "≤25".into() } else { String::new() },
+                target: if concurrency == 64 && label == "p99" {
+                    "≤25".into()
+                } else {
+                    String::new()
+                },
             });
         }
         figures.push(Figure {

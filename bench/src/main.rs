@@ -42,7 +42,13 @@ impl Server {
             let parsed: Vec<&str> = url.split(['@', ':', '/']).collect();
             let host = parsed.get(4).copied().unwrap_or("127.0.0.1").to_owned();
             let port = parsed.get(5).and_then(|p| p.parse().ok()).unwrap_or(5432);
-            return Ok(Server { admin_url: url, host, port, bin_dir: jobs::local_pg::find_bin_dir()?, _pg: None });
+            return Ok(Server {
+                admin_url: url,
+                host,
+                port,
+                bin_dir: jobs::local_pg::find_bin_dir()?,
+                _pg: None,
+            });
         }
         let pg = LocalPostgres::start(None, Durability::Full)?;
         Ok(Server {
@@ -62,7 +68,10 @@ impl Server {
 
 fn print(bench: &str, figures: &[Figure]) {
     println!();
-    println!("{:<26} {:>14} {:<8} {:>14} {:>7}  {:<12} floor config", "figure", "value", "unit", "floor", "ratio", "target");
+    println!(
+        "{:<26} {:>14} {:<8} {:>14} {:>7}  {:<12} floor config",
+        "figure", "value", "unit", "floor", "ratio", "target"
+    );
     for f in figures {
         println!(
             "{:<26} {:>14.1} {:<8} {:>14} {:>7}  {:<12} {}",

@@ -19,15 +19,27 @@ const FLOOR_SECONDS: u32 = 5;
 /// A fresh, migrated database for one measurement.
 async fn fresh(server: &Server) -> anyhow::Result<PgPool> {
     let mut admin = PgConnection::connect(&server.admin_url).await?;
-    sqlx::raw_sql("drop database if exists bench_queue with (force)").execute(&mut admin).await?;
-    sqlx::raw_sql("create database bench_queue").execute(&mut admin).await?;
-    let pool = PgPoolOptions::new().max_connections(32).connect(&server.url("bench_queue")).await?;
+    sqlx::raw_sql("drop database if exists bench_queue with (force)")
+        .execute(&mut admin)
+        .await?;
+    sqlx::raw_sql("create database bench_queue")
+        .execute(&mut admin)
+        .await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(32)
+        .connect(&server.url("bench_queue"))
+        .await?;
     jobs::db::migrate(&pool).await?;
     Ok(pool)
 }
 
 fn worker_config() -> QueueConfig {
-    let env = |name: &str, default: usize| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    let env = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
     let mut config = QueueConfig::new("default");
     config.batch_size = env("BENCH_BATCH", 100);
     config.max_in_flight = env("BENCH_IN_FLIGHT", 400);
@@ -81,10 +93,14 @@ async fn stop(running: Running) {
 async fn prefill(pool: &PgPool, n: usize) -> anyhow::Result<()> {
     let mut conn = pool.acquire().await?;
     for start in (0..n).step_by(5_000) {
-        let chunk: Vec<NewJob> = (start..n.min(start + 5_000)).map(|i| NewJob::new("noop", json!({"n": i}))).collect();
+        let chunk: Vec<NewJob> = (start..n.min(start + 5_000))
+            .map(|i| NewJob::new("noop", json!({"n": i})))
+            .collect();
         enqueue_many(&mut conn, &chunk).await?;
     }
-    sqlx::raw_sql("vacuum analyze onboard.job").execute(&mut *conn).await?;
+    sqlx::raw_sql("vacuum analyze onboard.job")
+        .execute(&mut *conn)
+        .await?;
     sqlx::raw_sql("checkpoint").execute(&mut *conn).await?;
     Ok(())
 }
@@ -93,14 +109,17 @@ async fn prefill(pool: &PgPool, n: usize) -> anyhow::Result<()> {
 async fn drain(pool: &PgPool, n: usize, workers: usize, handler: Handler) -> anyhow::Result<f64> {
     let done = Arc::new(AtomicUsize::new(0));
     let all_done = Arc::new(Notify::new());
-    let start: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("select now()").fetch_one(pool).await?;
+    let start: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("select now()").fetch_one(pool).await?;
     let (counter, notify, own_pool) = (done.clone(), all_done.clone(), pool.clone());
     let running = start_workers(pool, workers, worker_config(), move |_job, ctx| {
         let (counter, notify, pool) = (counter.clone(), notify.clone(), own_pool.clone());
         async move {
             if handler == Handler::OwnTransaction {
                 let mut tx = pool.begin().await.map_err(JobError::retry)?;
-                jobs::complete(&mut tx, ctx.id, ctx.attempt).await.map_err(JobError::retry)?;
+                jobs::complete(&mut tx, ctx.id, ctx.attempt)
+                    .await
+                    .map_err(JobError::retry)?;
                 tx.commit().await.map_err(JobError::retry)?;
             }
             if counter.fetch_add(1, Ordering::Relaxed) + 1 == n {
@@ -111,16 +130,19 @@ async fn drain(pool: &PgPool, n: usize, workers: usize, handler: Handler) -> any
     });
     tokio::time::timeout(Duration::from_secs(300), all_done.notified()).await?;
     loop {
-        let left: i64 = sqlx::query_scalar("select count(*) from onboard.job where state <> 'completed'")
-            .fetch_one(pool)
-            .await?;
+        let left: i64 =
+            sqlx::query_scalar("select count(*) from onboard.job where state <> 'completed'")
+                .fetch_one(pool)
+                .await?;
         if left == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let end: chrono::DateTime<chrono::Utc> =
-        sqlx::query_scalar("select max(finalized_at) from onboard.job").fetch_one(pool).await?;
+        sqlx::query_scalar("select max(finalized_at) from onboard.job")
+            .fetch_one(pool)
+            .await?;
     stop(running).await;
     let seconds = (end - start).to_std()?.as_secs_f64();
     Ok(n as f64 / seconds)
@@ -144,7 +166,9 @@ async fn latency(pool: &PgPool, n: usize, gap: Duration) -> anyhow::Result<(f64,
         let sink = sink.clone();
         async move {
             let sent = job.args["t"].as_i64().unwrap_or_default();
-            sink.lock().unwrap().push((micros_now() - sent) as f64 / 1000.0);
+            sink.lock()
+                .unwrap()
+                .push((micros_now() - sent) as f64 / 1000.0);
             Ok(())
         }
     });
@@ -153,13 +177,20 @@ async fn latency(pool: &PgPool, n: usize, gap: Duration) -> anyhow::Result<(f64,
     let mut producer = pool.acquire().await?;
     for _ in 0..n {
         let started = Instant::now();
-        enqueue(&mut producer, &NewJob::new("ping", json!({"t": micros_now()}))).await?;
+        enqueue(
+            &mut producer,
+            &NewJob::new("ping", json!({"t": micros_now()})),
+        )
+        .await?;
         tokio::time::sleep(gap.saturating_sub(started.elapsed())).await;
     }
     wait_samples(&samples, n).await?;
     stop(running).await;
     let mut samples = samples.lock().unwrap().clone();
-    Ok((percentile(&mut samples, 50.0), percentile(&mut samples, 99.0)))
+    Ok((
+        percentile(&mut samples, 50.0),
+        percentile(&mut samples, 99.0),
+    ))
 }
 
 /// Lateness of scheduled jobs: handler start minus `run_at`.
@@ -170,7 +201,9 @@ async fn lateness(pool: &PgPool, n: usize) -> anyhow::Result<(f64, f64)> {
         let sink = sink.clone();
         async move {
             let due = job.args["due"].as_i64().unwrap_or_default();
-            sink.lock().unwrap().push((micros_now() - due) as f64 / 1000.0);
+            sink.lock()
+                .unwrap()
+                .push((micros_now() - due) as f64 / 1000.0);
             Ok(())
         }
     });
@@ -179,7 +212,10 @@ async fn lateness(pool: &PgPool, n: usize) -> anyhow::Result<(f64, f64)> {
     let base = chrono::Utc::now() + chrono::Duration::milliseconds(500);
     let jobs: Vec<NewJob> = (0..n)
         .map(|i| {
-            let due = base + chrono::Duration::milliseconds(i as i64 * 4000 / n as i64 + (i as i64 * 7919) % 13);
+            let due = base
+                + chrono::Duration::milliseconds(
+                    i as i64 * 4000 / n as i64 + (i as i64 * 7919) % 13,
+                );
             NewJob::new("due", json!({"due": due.timestamp_micros()})).run_at(due)
         })
         .collect();
@@ -187,13 +223,19 @@ async fn lateness(pool: &PgPool, n: usize) -> anyhow::Result<(f64, f64)> {
     wait_samples(&samples, n).await?;
     stop(running).await;
     let mut samples = samples.lock().unwrap().clone();
-    Ok((percentile(&mut samples, 50.0), percentile(&mut samples, 99.0)))
+    Ok((
+        percentile(&mut samples, 50.0),
+        percentile(&mut samples, 99.0),
+    ))
 }
 
 async fn wait_samples(samples: &Mutex<Vec<f64>>, n: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while samples.lock().unwrap().len() < n {
-        anyhow::ensure!(Instant::now() < deadline, "jobs did not all start within 60 s");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "jobs did not all start within 60 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
@@ -208,8 +250,17 @@ async fn enqueue_single(pool: &PgPool, n: usize) -> anyhow::Result<f64> {
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
-async fn enqueue_batched(pool: &PgPool, n: usize, chunk: usize, producers: usize) -> anyhow::Result<f64> {
-    let jobs: Arc<Vec<NewJob>> = Arc::new((0..chunk).map(|i| NewJob::new("noop", json!({"n": i}))).collect());
+async fn enqueue_batched(
+    pool: &PgPool,
+    n: usize,
+    chunk: usize,
+    producers: usize,
+) -> anyhow::Result<f64> {
+    let jobs: Arc<Vec<NewJob>> = Arc::new(
+        (0..chunk)
+            .map(|i| NewJob::new("noop", json!({"n": i})))
+            .collect(),
+    );
     let per_producer = n / producers / chunk;
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -232,19 +283,44 @@ async fn enqueue_batched(pool: &PgPool, n: usize, chunk: usize, producers: usize
 fn rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(str::to_owned)
+        })
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-fn figure(name: &str, value: f64, unit: &'static str, floor: Option<f64>, floor_config: &str, target: &str) -> Figure {
-    Figure { figure: name.into(), value, unit, floor, floor_config: floor_config.into(), target: target.into() }
+fn figure(
+    name: &str,
+    value: f64,
+    unit: &'static str,
+    floor: Option<f64>,
+    floor_config: &str,
+    target: &str,
+) -> Figure {
+    Figure {
+        figure: name.into(),
+        value,
+        unit,
+        floor,
+        floor_config: floor_config.into(),
+        target: target.into(),
+    }
 }
 
 pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
     let mut figures = Vec::new();
     if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "drain") {
-        let workers: usize = std::env::var("BENCH_WORKERS").ok().and_then(|w| w.parse().ok()).unwrap_or(1);
+        let workers: usize = std::env::var("BENCH_WORKERS")
+            .ok()
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(1);
         for _ in 0..3 {
             let pool = fresh(server).await?;
             prefill(&pool, 20_000).await?;
@@ -263,13 +339,23 @@ pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
     let insert1_floor = floor::insert(server, "insert1", 1, FLOOR_SECONDS)?;
     let insert100_floor = floor::insert(server, "insert100", 1, FLOOR_SECONDS)?;
 
-    let workers: usize = std::env::var("BENCH_WORKERS").ok().and_then(|w| w.parse().ok()).unwrap_or(1);
+    let workers: usize = std::env::var("BENCH_WORKERS")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(1);
     for n in [20_000, 100_000] {
         eprintln!("drain {n} no-op jobs …");
         let pool = fresh(server).await?;
         prefill(&pool, n).await?;
         let rate = drain(&pool, n, workers, Handler::Noop).await?;
-        figures.push(figure(&format!("drain_{}k", n / 1000), rate, "jobs/s", Some(drain_floor), &drain_cfg, "≥30000, ≥0.6×"));
+        figures.push(figure(
+            &format!("drain_{}k", n / 1000),
+            rate,
+            "jobs/s",
+            Some(drain_floor),
+            &drain_cfg,
+            "≥30000, ≥0.6×",
+        ));
     }
     let fresh_20k = figures[0].value;
 
@@ -277,7 +363,14 @@ pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
     let pool = fresh(server).await?;
     prefill(&pool, 20_000).await?;
     let rate = drain(&pool, 20_000, workers, Handler::OwnTransaction).await?;
-    figures.push(figure("drain_20k_own_tx", rate, "jobs/s", Some(single_floor), &single_cfg, "≥0.6×"));
+    figures.push(figure(
+        "drain_20k_own_tx",
+        rate,
+        "jobs/s",
+        Some(single_floor),
+        &single_cfg,
+        "≥0.6×",
+    ));
 
     eprintln!("drain 20k with 1M finished rows present …");
     let pool = fresh(server).await?;
@@ -291,19 +384,54 @@ pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
     .await?;
     prefill(&pool, 20_000).await?;
     let rate = drain(&pool, 20_000, workers, Handler::Noop).await?;
-    figures.push(figure("drain_20k_1m_history", rate, "jobs/s", Some(fresh_20k), "our drain_20k on a fresh table", "≥0.9×"));
-    figures.push(figure("worker_rss_peak", rss_mb(), "MB", None, "bench process VmHWM (producer + worker)", "≤50"));
+    figures.push(figure(
+        "drain_20k_1m_history",
+        rate,
+        "jobs/s",
+        Some(fresh_20k),
+        "our drain_20k on a fresh table",
+        "≥0.9×",
+    ));
+    figures.push(figure(
+        "worker_rss_peak",
+        rss_mb(),
+        "MB",
+        None,
+        "bench process VmHWM (producer + worker)",
+        "≤50",
+    ));
 
     eprintln!("enqueue …");
     let pool = fresh(server).await?;
     let rate = enqueue_single(&pool, 5_000).await?;
-    figures.push(figure("enqueue_single", rate, "jobs/s", Some(insert1_floor), &format!("pgbench insert1.sql c=1 T={FLOOR_SECONDS}s"), "≥0.8×"));
+    figures.push(figure(
+        "enqueue_single",
+        rate,
+        "jobs/s",
+        Some(insert1_floor),
+        &format!("pgbench insert1.sql c=1 T={FLOOR_SECONDS}s"),
+        "≥0.8×",
+    ));
     let pool = fresh(server).await?;
     let rate = enqueue_batched(&pool, 200_000, 1_000, 1).await?;
-    figures.push(figure("enqueue_batched", rate, "jobs/s", Some(insert100_floor), &format!("pgbench insert100.sql c=1 T={FLOOR_SECONDS}s"), "≥150000"));
+    figures.push(figure(
+        "enqueue_batched",
+        rate,
+        "jobs/s",
+        Some(insert100_floor),
+        &format!("pgbench insert100.sql c=1 T={FLOOR_SECONDS}s"),
+        "≥150000",
+    ));
     let pool = fresh(server).await?;
     let rate = enqueue_batched(&pool, 200_000, 1_000, 4).await?;
-    figures.push(figure("enqueue_batched_4_producers", rate, "jobs/s", Some(insert100_floor), &format!("pgbench insert100.sql c=1 T={FLOOR_SECONDS}s"), "≥150000"));
+    figures.push(figure(
+        "enqueue_batched_4_producers",
+        rate,
+        "jobs/s",
+        Some(insert100_floor),
+        &format!("pgbench insert100.sql c=1 T={FLOOR_SECONDS}s"),
+        "≥150000",
+    ));
 
     eprintln!("enqueue → start latency, 200 jobs 20 ms apart …");
     let pool = fresh(server).await?;

@@ -14,7 +14,11 @@ pub enum AdminError {
     NotFound(i64),
     /// The job's state does not allow the action.
     #[error("job {id} is {state}: cannot {action}")]
-    WrongState { id: i64, state: JobState, action: &'static str },
+    WrongState {
+        id: i64,
+        state: JobState,
+        action: &'static str,
+    },
     /// Retrying would give a second live job the same unique key.
     #[error("job {0}'s unique key is held by another live job")]
     UniqueKeyTaken(i64),
@@ -24,10 +28,11 @@ pub enum AdminError {
 }
 
 async fn current_state(pool: &PgPool, id: i64) -> Result<JobState, AdminError> {
-    let state: Option<String> = sqlx::query_scalar("select state::text from onboard.job where id = $1")
-        .bind(id)
-        .fetch_optional(pool)
-        .await?;
+    let state: Option<String> =
+        sqlx::query_scalar("select state::text from onboard.job where id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
     let state = state.ok_or(AdminError::NotFound(id))?;
     Ok(state.parse().unwrap_or(JobState::Discarded))
 }
@@ -73,7 +78,9 @@ pub async fn retry_now(pool: &PgPool, id: i64) -> Result<(), AdminError> {
     .fetch_optional(pool)
     .await;
     let queue = match queue {
-        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Err(AdminError::UniqueKeyTaken(id)),
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            return Err(AdminError::UniqueKeyTaken(id));
+        }
         other => other?,
     };
     match queue {
@@ -95,7 +102,11 @@ pub async fn discard(pool: &PgPool, id: i64) -> Result<(), AdminError> {
     .execute(pool)
     .await?
     .rows_affected();
-    if done == 1 { Ok(()) } else { Err(wrong_state(pool, id, "discard").await) }
+    if done == 1 {
+        Ok(())
+    } else {
+        Err(wrong_state(pool, id, "discard").await)
+    }
 }
 
 async fn wrong_state(pool: &PgPool, id: i64, action: &'static str) -> AdminError {

@@ -17,7 +17,10 @@ pub struct PoolSettings {
 
 impl Default for PoolSettings {
     fn default() -> Self {
-        PoolSettings { max_connections: 20, acquire_timeout: Duration::from_secs(2) }
+        PoolSettings {
+            max_connections: 20,
+            acquire_timeout: Duration::from_secs(2),
+        }
     }
 }
 

@@ -47,7 +47,10 @@ pub async fn enqueue(conn: &mut PgConnection, job: &NewJob) -> Result<Enqueued, 
             .fetch_optional(&mut *conn)
             .await?;
         if let Some(id) = inserted {
-            return Ok(Enqueued { id, duplicate: false });
+            return Ok(Enqueued {
+                id,
+                duplicate: false,
+            });
         }
         // ON CONFLICT waited for any concurrent holder of the key to commit; look it up.
         // If it finished in between, the key is free again: insert once more.
@@ -59,7 +62,10 @@ pub async fn enqueue(conn: &mut PgConnection, job: &NewJob) -> Result<Enqueued, 
             .fetch_optional(&mut *conn)
             .await?
         {
-            return Ok(Enqueued { id, duplicate: true });
+            return Ok(Enqueued {
+                id,
+                duplicate: true,
+            });
         }
     }
 }
@@ -79,7 +85,10 @@ returning id";
 
 /// Enqueues many jobs in one statement (`UNNEST`); returns the ids inserted, in order.
 /// Jobs whose unique key is already taken are skipped.
-pub async fn enqueue_many(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Vec<i64>, sqlx::Error> {
+pub async fn enqueue_many(
+    conn: &mut PgConnection,
+    jobs: &[NewJob],
+) -> Result<Vec<i64>, sqlx::Error> {
     if jobs.is_empty() {
         return Ok(Vec::new());
     }
@@ -132,7 +141,12 @@ pub async fn complete(conn: &mut PgConnection, id: i64, attempt: i32) -> Result<
 
 /// Discards a running job inside the caller's transaction, fenced by its attempt, recording
 /// `message` as that attempt's error. Returns false when the attempt no longer holds the job.
-pub async fn discard(conn: &mut PgConnection, id: i64, attempt: i32, message: &str) -> Result<bool, sqlx::Error> {
+pub async fn discard(
+    conn: &mut PgConnection,
+    id: i64,
+    attempt: i32,
+    message: &str,
+) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "update onboard.job
             set state = 'discarded', finalized_at = now(), lease_owner = null, lease_expires_at = null,

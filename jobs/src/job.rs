@@ -62,7 +62,10 @@ impl JobState {
 
     /// True for `completed`, `cancelled` and `discarded`.
     pub fn is_finished(self) -> bool {
-        matches!(self, JobState::Completed | JobState::Cancelled | JobState::Discarded)
+        matches!(
+            self,
+            JobState::Completed | JobState::Cancelled | JobState::Discarded
+        )
     }
 }
 
@@ -119,7 +122,10 @@ pub struct AnyJob {
 
 impl JobArgs for AnyJob {
     fn decode(kind: &str, args: serde_json::Value) -> Result<Self, String> {
-        Ok(AnyJob { kind: kind.to_owned(), args })
+        Ok(AnyJob {
+            kind: kind.to_owned(),
+            args,
+        })
     }
 }
 

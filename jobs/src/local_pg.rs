@@ -42,7 +42,8 @@ impl LocalPostgres {
         let as_postgres_user = is_root();
         let parent = match under {
             Some(dir) if !as_postgres_user => {
-                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
                 dir.to_path_buf()
             }
             _ => std::env::temp_dir(),
@@ -87,7 +88,13 @@ impl LocalPostgres {
         let mut cmd = self.pg_command(&initdb);
         cmd.arg("-D")
             .arg(&self.data_dir)
-            .args(["-U", "postgres", "--auth=trust", "--encoding=UTF8", "--no-sync"])
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-sync",
+            ])
             .arg("--locale=C");
         run(&mut cmd).context("initdb failed")?;
 
@@ -143,7 +150,11 @@ impl LocalPostgres {
     /// A detached shell that outlives us: once our pid is gone it stops the cluster.
     fn spawn_watchdog(&self) {
         let pg_ctl = self.bin_dir.join("pg_ctl");
-        let prefix = if self.as_postgres_user { "runuser -u postgres -- " } else { "" };
+        let prefix = if self.as_postgres_user {
+            "runuser -u postgres -- "
+        } else {
+            ""
+        };
         let script = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
              {prefix}'{pg_ctl}' -D '{data}' -m immediate stop >/dev/null 2>&1; rm -rf '{root}'",
@@ -209,7 +220,11 @@ fn is_root() -> bool {
 }
 
 fn unique_dir(parent: &Path) -> anyhow::Result<PathBuf> {
-    let dir = parent.join(format!("onboard-pg-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()));
+    let dir = parent.join(format!(
+        "onboard-pg-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
 }

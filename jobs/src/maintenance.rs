@@ -125,7 +125,9 @@ impl Scheduler {
     pub async fn run_once(&self, conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
         let mut enqueued = 0;
         for periodic in &self.jobs {
-            let every_ms = i64::try_from(periodic.every.as_millis()).unwrap_or(i64::MAX).max(1);
+            let every_ms = i64::try_from(periodic.every.as_millis())
+                .unwrap_or(i64::MAX)
+                .max(1);
             sqlx::query("insert into onboard.periodic (name, next_run_at) values ($1, now()) on conflict do nothing")
                 .bind(&periodic.name)
                 .execute(&mut *conn)
@@ -143,10 +145,11 @@ impl Scheduler {
             .fetch_optional(&mut *conn)
             .await?;
             if let Some(tick) = claimed {
-                let job = periodic
-                    .job
-                    .clone()
-                    .unique_key(format!("periodic:{}:{}", periodic.name, tick.timestamp_millis()));
+                let job = periodic.job.clone().unique_key(format!(
+                    "periodic:{}:{}",
+                    periodic.name,
+                    tick.timestamp_millis()
+                ));
                 enqueue(conn, &job).await?;
                 enqueued += 1;
             }
@@ -218,7 +221,11 @@ impl Maintenance {
 }
 
 /// Runs maintenance rounds until `stop` resolves; database errors are logged and retried.
-pub async fn run(pool: PgPool, maintenance: Maintenance, stop: impl std::future::Future<Output = ()>) {
+pub async fn run(
+    pool: PgPool,
+    maintenance: Maintenance,
+    stop: impl std::future::Future<Output = ()>,
+) {
     let mut ticker = tokio::time::interval(maintenance.every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(stop);
@@ -228,7 +235,9 @@ pub async fn run(pool: PgPool, maintenance: Maintenance, stop: impl std::future:
             () = &mut stop => return,
         }
         match maintenance.run_once(&pool).await {
-            Ok(report) if report.rescued > 0 => tracing::warn!(rescued = report.rescued, "rescued jobs from expired leases"),
+            Ok(report) if report.rescued > 0 => {
+                tracing::warn!(rescued = report.rescued, "rescued jobs from expired leases")
+            }
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "maintenance round failed; retrying next tick"),
         }

@@ -46,7 +46,10 @@ pub fn grants() -> Vec<(&'static str, &'static str)> {
 }
 
 /// Inserts the organization's default grants; idempotent. Returns how many rows exist now.
-pub async fn grant_defaults(conn: &mut PgConnection, organization_id: i64) -> Result<i64, sqlx::Error> {
+pub async fn grant_defaults(
+    conn: &mut PgConnection,
+    organization_id: i64,
+) -> Result<i64, sqlx::Error> {
     let (roles, permissions): (Vec<&str>, Vec<&str>) = grants().into_iter().unzip();
     sqlx::query(
         "insert into onboard.role_permission (organization_id, role, permission)
@@ -65,12 +68,17 @@ pub async fn grant_defaults(conn: &mut PgConnection, organization_id: i64) -> Re
 }
 
 /// Deletes the organization's grants (the step's compensation); returns how many.
-pub async fn revoke_defaults(conn: &mut PgConnection, organization_id: i64) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query("delete from onboard.role_permission where organization_id = $1")
-        .bind(organization_id)
-        .execute(conn)
-        .await?
-        .rows_affected())
+pub async fn revoke_defaults(
+    conn: &mut PgConnection,
+    organization_id: i64,
+) -> Result<u64, sqlx::Error> {
+    Ok(
+        sqlx::query("delete from onboard.role_permission where organization_id = $1")
+            .bind(organization_id)
+            .execute(conn)
+            .await?
+            .rows_affected(),
+    )
 }
 
 #[cfg(test)]
@@ -81,8 +89,17 @@ mod tests {
     fn admin_holds_all_27_and_viewer_is_read_only() {
         let grants = grants();
         assert_eq!(grants.iter().filter(|(r, _)| *r == "ADMIN").count(), 27);
-        let viewer: Vec<_> = grants.iter().filter(|(r, _)| *r == "VIEWER").map(|(_, p)| *p).collect();
-        assert!(viewer.iter().all(|p| p.ends_with(":view") || *p == "ai:use_voice_search"), "{viewer:?}");
+        let viewer: Vec<_> = grants
+            .iter()
+            .filter(|(r, _)| *r == "VIEWER")
+            .map(|(_, p)| *p)
+            .collect();
+        assert!(
+            viewer
+                .iter()
+                .all(|p| p.ends_with(":view") || *p == "ai:use_voice_search"),
+            "{viewer:?}"
+        );
         assert_eq!(grants.iter().filter(|(r, _)| *r == "AGENT").count(), 13);
     }
 }

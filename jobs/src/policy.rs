@@ -30,7 +30,9 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// The delay before the attempt after `attempt` (1-based) failed, without jitter.
     pub fn nominal_delay(&self, attempt: i32) -> Duration {
-        let exponent = u32::try_from(attempt.saturating_sub(1)).unwrap_or(0).min(40);
+        let exponent = u32::try_from(attempt.saturating_sub(1))
+            .unwrap_or(0)
+            .min(40);
         let factor = 2u64.saturating_pow(exponent);
         let millis = u64::try_from(self.base.as_millis())
             .unwrap_or(u64::MAX)
@@ -88,7 +90,10 @@ pub struct Kinds {
 impl Kinds {
     /// A registry whose unlisted kinds use `default`.
     pub fn new(default: KindOptions) -> Self {
-        Kinds { by_name: Arc::default(), default }
+        Kinds {
+            by_name: Arc::default(),
+            default,
+        }
     }
 
     /// Adds or replaces a kind's options.

@@ -18,8 +18,8 @@ pub const EMAIL_QUEUE: &str = "email";
 pub const POINT_OF_NO_RETURN: &str = "twilio_subaccount";
 /// The kind that merges a finished saga's state into the org's Clerk metadata.
 pub const SYNC_METADATA_KIND: &str = "onboarding.sync_metadata";
-/// The kind that offboards a deleted organization.
-pub const OFFBOARD_KIND: &str = "offboarding.close_org";
+/// The kind that offboards a deleted organization (enqueued by `organization.deleted`).
+pub use crate::clerk_event::OFFBOARD_KIND;
 
 /// Errors of the saga's operations.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +29,11 @@ pub enum SagaError {
     NotFound(i64),
     /// The saga's state does not allow the action.
     #[error("onboarding {id} is {state}: cannot {action}")]
-    WrongState { id: i64, state: String, action: &'static str },
+    WrongState {
+        id: i64,
+        state: String,
+        action: &'static str,
+    },
     /// The database failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
@@ -57,7 +61,10 @@ impl Saga {
 
 /// True for the saga's terminal states.
 pub fn is_terminal(state: &str) -> bool {
-    matches!(state, "completed" | "completed_with_errors" | "compensated" | "compensation_failed")
+    matches!(
+        state,
+        "completed" | "completed_with_errors" | "compensated" | "compensation_failed"
+    )
 }
 
 /// The job kind of a step (`onboarding.<step>`) or of its compensation (`onboarding.undo_<step>`).
@@ -90,11 +97,15 @@ pub async fn lock(conn: &mut PgConnection, id: i64) -> Result<Option<Saga>, sqlx
 }
 
 /// Locks the saga of an organization, if it has one.
-pub async fn lock_by_org(conn: &mut PgConnection, clerk_org_id: &str) -> Result<Option<Saga>, sqlx::Error> {
-    let id: Option<i64> = sqlx::query_scalar("select id from onboard.onboarding where clerk_org_id = $1")
-        .bind(clerk_org_id)
-        .fetch_optional(&mut *conn)
-        .await?;
+pub async fn lock_by_org(
+    conn: &mut PgConnection,
+    clerk_org_id: &str,
+) -> Result<Option<Saga>, sqlx::Error> {
+    let id: Option<i64> =
+        sqlx::query_scalar("select id from onboard.onboarding where clerk_org_id = $1")
+            .bind(clerk_org_id)
+            .fetch_optional(&mut *conn)
+            .await?;
     match id {
         Some(id) => lock(conn, id).await,
         None => Ok(None),
@@ -102,13 +113,18 @@ pub async fn lock_by_org(conn: &mut PgConnection, clerk_org_id: &str) -> Result<
 }
 
 /// A step's stored output (`{}` when none).
-pub async fn step_output(conn: &mut PgConnection, id: i64, step: &str) -> Result<Value, sqlx::Error> {
-    let output: Option<sqlx::types::Json<Value>> =
-        sqlx::query_scalar("select output from onboard.onboarding_step where onboarding_id = $1 and name = $2")
-            .bind(id)
-            .bind(step)
-            .fetch_optional(conn)
-            .await?;
+pub async fn step_output(
+    conn: &mut PgConnection,
+    id: i64,
+    step: &str,
+) -> Result<Value, sqlx::Error> {
+    let output: Option<sqlx::types::Json<Value>> = sqlx::query_scalar(
+        "select output from onboard.onboarding_step where onboarding_id = $1 and name = $2",
+    )
+    .bind(id)
+    .bind(step)
+    .fetch_optional(conn)
+    .await?;
     Ok(output.map_or(json!({}), |o| o.0))
 }
 
@@ -159,7 +175,12 @@ pub async fn step_started(conn: &mut PgConnection, id: i64, step: &str) -> Resul
 }
 
 /// Records an attempt's error while the step will be retried.
-pub async fn step_attempt_failed(conn: &mut PgConnection, id: i64, step: &str, error: &str) -> Result<(), sqlx::Error> {
+pub async fn step_attempt_failed(
+    conn: &mut PgConnection,
+    id: i64,
+    step: &str,
+    error: &str,
+) -> Result<(), sqlx::Error> {
     set_step(conn, id, step, "running", Some(error), None).await
 }
 
@@ -177,7 +198,11 @@ pub async fn step_skipped(conn: &mut PgConnection, id: i64, step: &str) -> Resul
 }
 
 fn step_job(saga_id: i64, step: &str) -> NewJob {
-    let queue = if step == "welcome_email" { EMAIL_QUEUE } else { QUEUE };
+    let queue = if step == "welcome_email" {
+        EMAIL_QUEUE
+    } else {
+        QUEUE
+    };
     NewJob::new(step_kind(step), json!({ "onboarding_id": saga_id }))
         .queue(queue)
         .max_attempts(STEP_MAX_ATTEMPTS)
@@ -193,7 +218,12 @@ fn undo_job(saga_id: i64, step: &str) -> NewJob {
 
 /// A step succeeded: stores its output and enqueues the next step, or ends the saga
 /// `completed` after the last one.
-pub async fn step_succeeded(conn: &mut PgConnection, saga: &Saga, step: &str, output: &Value) -> Result<(), sqlx::Error> {
+pub async fn step_succeeded(
+    conn: &mut PgConnection,
+    saga: &Saga,
+    step: &str,
+    output: &Value,
+) -> Result<(), sqlx::Error> {
     set_step(conn, saga.id, step, "done", None, Some(output)).await?;
     let position = STEPS.iter().position(|s| *s == step).unwrap_or(STEPS.len());
     match STEPS.get(position + 1) {
@@ -207,7 +237,12 @@ pub async fn step_succeeded(conn: &mut PgConnection, saga: &Saga, step: &str, ou
 
 /// A step failed for good. Before the point of no return the saga compensates every step that
 /// started, in reverse order; after it (the welcome email) the saga ends `completed_with_errors`.
-pub async fn step_failed(conn: &mut PgConnection, saga: &Saga, step: &str, error: &str) -> Result<(), sqlx::Error> {
+pub async fn step_failed(
+    conn: &mut PgConnection,
+    saga: &Saga,
+    step: &str,
+    error: &str,
+) -> Result<(), sqlx::Error> {
     set_step(conn, saga.id, step, "failed", Some(error), None).await?;
     if past_point_of_no_return(step) {
         finish(conn, saga.id, "completed_with_errors").await
@@ -217,8 +252,14 @@ pub async fn step_failed(conn: &mut PgConnection, saga: &Saga, step: &str, error
 }
 
 fn past_point_of_no_return(step: &str) -> bool {
-    let limit = STEPS.iter().position(|s| *s == POINT_OF_NO_RETURN).unwrap_or(0);
-    STEPS.iter().position(|s| *s == step).is_some_and(|p| p > limit)
+    let limit = STEPS
+        .iter()
+        .position(|s| *s == POINT_OF_NO_RETURN)
+        .unwrap_or(0);
+    STEPS
+        .iter()
+        .position(|s| *s == step)
+        .is_some_and(|p| p > limit)
 }
 
 /// Marks the saga `compensating`, skips steps that never started, and enqueues the
@@ -257,7 +298,12 @@ async fn next_compensation(conn: &mut PgConnection, id: i64) -> Result<(), sqlx:
 }
 
 /// A compensation succeeded: the next one (in reverse order) is enqueued.
-pub async fn compensation_succeeded(conn: &mut PgConnection, id: i64, step: &str, output: &Value) -> Result<(), sqlx::Error> {
+pub async fn compensation_succeeded(
+    conn: &mut PgConnection,
+    id: i64,
+    step: &str,
+    output: &Value,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "update onboard.onboarding_step
             set state = 'compensated', output = output || jsonb_build_object('compensation', $3::jsonb), updated_at = now()
@@ -272,7 +318,12 @@ pub async fn compensation_succeeded(conn: &mut PgConnection, id: i64, step: &str
 }
 
 /// A compensation failed for good: the saga ends `compensation_failed`; an operator can retry it.
-pub async fn compensation_failed(conn: &mut PgConnection, id: i64, step: &str, error: &str) -> Result<(), sqlx::Error> {
+pub async fn compensation_failed(
+    conn: &mut PgConnection,
+    id: i64,
+    step: &str,
+    error: &str,
+) -> Result<(), sqlx::Error> {
     set_step(conn, id, step, "compensating", Some(error), None).await?;
     finish(conn, id, "compensation_failed").await
 }
@@ -298,10 +349,13 @@ async fn finish(conn: &mut PgConnection, id: i64, state: &str) -> Result<(), sql
     }
     enqueue(
         conn,
-        &NewJob::new(SYNC_METADATA_KIND, json!({ "onboarding_id": id, "state": state }))
-            .queue(QUEUE)
-            .max_attempts(STEP_MAX_ATTEMPTS)
-            .unique_key(format!("onboarding:{id}:sync:{state}")),
+        &NewJob::new(
+            SYNC_METADATA_KIND,
+            json!({ "onboarding_id": id, "state": state }),
+        )
+        .queue(QUEUE)
+        .max_attempts(STEP_MAX_ATTEMPTS)
+        .unique_key(format!("onboarding:{id}:sync:{state}")),
     )
     .await?;
     Ok(())
@@ -311,7 +365,11 @@ async fn finish(conn: &mut PgConnection, id: i64, state: &str) -> Result<(), sql
 pub async fn restart(conn: &mut PgConnection, id: i64) -> Result<(), SagaError> {
     let saga = lock(conn, id).await?.ok_or(SagaError::NotFound(id))?;
     if saga.state != "compensated" {
-        return Err(SagaError::WrongState { id, state: saga.state, action: "restart" });
+        return Err(SagaError::WrongState {
+            id,
+            state: saga.state,
+            action: "restart",
+        });
     }
     sqlx::query(
         "update onboard.onboarding_step set state = 'pending', attempts = 0, last_error = null, output = '{}', updated_at = now()
@@ -339,7 +397,11 @@ pub async fn retry(conn: &mut PgConnection, id: i64) -> Result<(), SagaError> {
             .fetch_optional(&mut *conn)
             .await?;
             let Some(step) = failed else {
-                return Err(SagaError::WrongState { id, state: saga.state, action: "retry (no failed step)" });
+                return Err(SagaError::WrongState {
+                    id,
+                    state: saga.state,
+                    action: "retry (no failed step)",
+                });
             };
             set_step(conn, id, &step, "pending", None, None).await?;
             set_saga(conn, id, "running").await?;
@@ -351,7 +413,11 @@ pub async fn retry(conn: &mut PgConnection, id: i64) -> Result<(), SagaError> {
             next_compensation(conn, id).await?;
             Ok(())
         }
-        _ => Err(SagaError::WrongState { id, state: saga.state, action: "retry" }),
+        _ => Err(SagaError::WrongState {
+            id,
+            state: saga.state,
+            action: "retry",
+        }),
     }
 }
 
@@ -360,7 +426,11 @@ pub async fn retry(conn: &mut PgConnection, id: i64) -> Result<(), SagaError> {
 pub async fn cancel(conn: &mut PgConnection, id: i64) -> Result<bool, SagaError> {
     let saga = lock(conn, id).await?.ok_or(SagaError::NotFound(id))?;
     if saga.state != "running" {
-        return Err(SagaError::WrongState { id, state: saga.state, action: "cancel" });
+        return Err(SagaError::WrongState {
+            id,
+            state: saga.state,
+            action: "cancel",
+        });
     }
     let committed: bool = sqlx::query_scalar(
         "select exists (select 1 from onboard.onboarding_step where onboarding_id = $1 and name = $2 and state = 'done')",

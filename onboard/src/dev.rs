@@ -36,19 +36,27 @@ pub async fn run() -> anyhow::Result<()> {
         Ok(url) => (url, None),
         Err(_) => {
             let dir = dev_dir();
-            let pg = tokio::task::spawn_blocking(move || LocalPostgres::start(dir.as_deref(), Durability::Full))
-                .await?
-                .context("starting a throwaway PostgreSQL")?;
+            let pg = tokio::task::spawn_blocking(move || {
+                LocalPostgres::start(dir.as_deref(), Durability::Full)
+            })
+            .await?
+            .context("starting a throwaway PostgreSQL")?;
             (pg.url("postgres"), Some(pg))
         }
     };
     let pool = jobs::db::connect(&url, &jobs::db::PoolSettings::default()).await?;
-    jobs::db::migrate(&pool).await.context("applying migrations")?;
-
-    let sandbox_addr = std::env::var("ONBOARD_SANDBOX_ADDR").unwrap_or_else(|_| "127.0.0.1:8089".into());
-    let sandbox = sandbox::spawn(sandbox_addr.parse().context("ONBOARD_SANDBOX_ADDR")?, sandbox::SandboxConfig::default())
+    jobs::db::migrate(&pool)
         .await
-        .with_context(|| format!("starting the sandbox on {sandbox_addr}"))?;
+        .context("applying migrations")?;
+
+    let sandbox_addr =
+        std::env::var("ONBOARD_SANDBOX_ADDR").unwrap_or_else(|_| "127.0.0.1:8089".into());
+    let sandbox = sandbox::spawn(
+        sandbox_addr.parse().context("ONBOARD_SANDBOX_ADDR")?,
+        sandbox::SandboxConfig::default(),
+    )
+    .await
+    .with_context(|| format!("starting the sandbox on {sandbox_addr}"))?;
     let providers = if std::env::var("TWILIO_ACCOUNT_SID").is_ok() {
         worker::app::ProviderSettings::from_env()?
     } else {
@@ -56,7 +64,9 @@ pub async fn run() -> anyhow::Result<()> {
     };
 
     let settings = ingress::Settings::from_env_for_dev()?;
-    let ingress = ingress::spawn(pool.clone(), &settings).await.context("starting the ingress")?;
+    let ingress = ingress::spawn(pool.clone(), &settings)
+        .await
+        .context("starting the ingress")?;
     let (_, api_key) = jobs::api_key::create(&pool, &format!("dev-{}", uuid_suffix())).await?;
 
     worker::app::configure_queues(&pool).await?;
@@ -65,7 +75,10 @@ pub async fn run() -> anyhow::Result<()> {
     let worker = tokio::spawn(worker::runtime::run(
         pool.clone(),
         registry,
-        worker::runtime::WorkerSettings { maintenance: worker::app::maintenance(), ..Default::default() },
+        worker::runtime::WorkerSettings {
+            maintenance: worker::app::maintenance(),
+            ..Default::default()
+        },
         async move {
             let _ = stopped.await;
         },
@@ -73,15 +86,30 @@ pub async fn run() -> anyhow::Result<()> {
 
     let base = format!("http://{}", ingress.ingress_addr);
     println!();
-    println!("onboard dev is running. Ctrl-C stops it{}.", if postgres.is_some() { " and deletes the throwaway database" } else { "" });
+    println!(
+        "onboard dev is running. Ctrl-C stops it{}.",
+        if postgres.is_some() {
+            " and deletes the throwaway database"
+        } else {
+            ""
+        }
+    );
     println!("  database      {url}");
-    println!("  webhook       POST {base}/webhooks/clerk   (secret {})", ingress::DEV_WEBHOOK_SECRET);
-    println!("  onboarding    POST {base}/v1/onboarding    (Authorization: Bearer {})", api_key.expose_secret());
+    println!(
+        "  webhook       POST {base}/webhooks/clerk   (secret {})",
+        ingress::DEV_WEBHOOK_SECRET
+    );
+    println!(
+        "  onboarding    POST {base}/v1/onboarding    (Authorization: Bearer {})",
+        api_key.expose_secret()
+    );
     if let Some(internal) = ingress.internal_addr {
         println!("  internal      http://{internal}/healthz  /readyz  /metrics");
     }
     println!("  sandbox       {}/sandbox/ledger", sandbox.base_url());
-    println!("  try           cargo run -p onboard -- send ../shared/fixtures/clerk/organization.created.json");
+    println!(
+        "  try           cargo run -p onboard -- send ../shared/fixtures/clerk/organization.created.json"
+    );
     println!();
 
     worker::runtime::shutdown_signal().await;

@@ -86,24 +86,43 @@ async fn main() -> anyhow::Result<()> {
             let providers = worker::app::ProviderSettings::from_env()?.providers()?;
             worker::app::configure_queues(&pool).await?;
             let registry = worker::app::registry(pool.clone(), providers);
-            worker::runtime::run(pool, registry, worker_settings(), worker::runtime::shutdown_signal()).await
+            worker::runtime::run(
+                pool,
+                registry,
+                worker_settings(),
+                worker::runtime::shutdown_signal(),
+            )
+            .await
         }
         Command::Migrate => {
             let pool = connect().await?;
-            jobs::db::migrate(&pool).await.context("applying migrations")?;
+            jobs::db::migrate(&pool)
+                .await
+                .context("applying migrations")?;
             println!("migrations applied");
             Ok(())
         }
         Command::Sandbox => {
             let addr = sandbox_addr()?;
             let sandbox = sandbox::spawn(addr, sandbox::SandboxConfig::default()).await?;
-            println!("sandbox listening on {} (ledger: {}/sandbox/ledger)", sandbox.base_url(), sandbox.base_url());
+            println!(
+                "sandbox listening on {} (ledger: {}/sandbox/ledger)",
+                sandbox.base_url(),
+                sandbox.base_url()
+            );
             worker::runtime::shutdown_signal().await;
             sandbox.shutdown().await;
             Ok(())
         }
-        Command::Send { file, url, secret, id, timestamp } => {
-            let body = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+        Command::Send {
+            file,
+            url,
+            secret,
+            id,
+            timestamp,
+        } => {
+            let body =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let secret = match secret {
                 Some(secret) => secret,
                 None => std::env::var("CLERK_WEBHOOK_SIGNING_SECRET")
@@ -111,7 +130,8 @@ async fn main() -> anyhow::Result<()> {
                     .and_then(|s| s.split_whitespace().next().map(str::to_owned))
                     .unwrap_or_else(|| ingress::DEV_WEBHOOK_SECRET.to_owned()),
             };
-            let (status, response) = ingress::send::send_event(&url, &secret, &body, id, timestamp).await?;
+            let (status, response) =
+                ingress::send::send_event(&url, &secret, &body, id, timestamp).await?;
             println!("{status} {response}");
             if status >= 300 {
                 std::process::exit(1);
@@ -121,7 +141,10 @@ async fn main() -> anyhow::Result<()> {
         Command::ApiKey(ApiKeyCommand::Create { name }) => {
             let pool = connect().await?;
             let (id, key) = jobs::api_key::create(&pool, &name).await?;
-            println!("API key {id} for {name} (shown once, store it now):\n{}", key.expose_secret());
+            println!(
+                "API key {id} for {name} (shown once, store it now):\n{}",
+                key.expose_secret()
+            );
             Ok(())
         }
         Command::ApiKey(ApiKeyCommand::Revoke { name }) => {
@@ -162,12 +185,16 @@ async fn serve() -> anyhow::Result<()> {
 }
 
 fn worker_settings() -> worker::runtime::WorkerSettings {
-    worker::runtime::WorkerSettings { maintenance: worker::app::maintenance(), ..Default::default() }
+    worker::runtime::WorkerSettings {
+        maintenance: worker::app::maintenance(),
+        ..Default::default()
+    }
 }
 
 async fn connect() -> anyhow::Result<sqlx::PgPool> {
-    let url = std::env::var("DATABASE_URL")
-        .context("DATABASE_URL is not set (or use `onboard dev`, which starts its own PostgreSQL)")?;
+    let url = std::env::var("DATABASE_URL").context(
+        "DATABASE_URL is not set (or use `onboard dev`, which starts its own PostgreSQL)",
+    )?;
     Ok(jobs::db::connect(&url, &jobs::db::PoolSettings::default()).await?)
 }
 
@@ -181,7 +208,8 @@ fn sandbox_addr() -> anyhow::Result<std::net::SocketAddr> {
 /// Text logs by default; JSON with `LOG_FORMAT=json`. Level from `RUST_LOG` (default `info`).
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().init();

@@ -20,7 +20,9 @@ const TEMPLATE_DB: &str = "onboard_template";
 
 /// The process's cluster, started on first use.
 pub fn cluster() -> &'static LocalPostgres {
-    CLUSTER.get_or_init(|| LocalPostgres::start(None, Durability::Relaxed).expect("start a throwaway PostgreSQL"))
+    CLUSTER.get_or_init(|| {
+        LocalPostgres::start(None, Durability::Relaxed).expect("start a throwaway PostgreSQL")
+    })
 }
 
 /// A database of its own for one test.
@@ -37,22 +39,39 @@ pub async fn fresh_db() -> TestDb {
     let pg = cluster();
     TEMPLATE
         .get_or_init(|| async {
-            let mut admin = PgConnection::connect(&pg.url("postgres")).await.expect("connect");
-            sqlx::query(sqlx::AssertSqlSafe(format!("create database {TEMPLATE_DB}")))
-                .execute(&mut admin)
+            let mut admin = PgConnection::connect(&pg.url("postgres"))
                 .await
-                .expect("create template");
-            let mut conn = PgConnection::connect(&pg.url(TEMPLATE_DB)).await.expect("connect template");
-            jobs::db::migrator().run(&mut conn).await.expect("migrate template");
+                .expect("connect");
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "create database {TEMPLATE_DB}"
+            )))
+            .execute(&mut admin)
+            .await
+            .expect("create template");
+            let mut conn = PgConnection::connect(&pg.url(TEMPLATE_DB))
+                .await
+                .expect("connect template");
+            jobs::db::migrator()
+                .run(&mut conn)
+                .await
+                .expect("migrate template");
             conn.close().await.expect("close");
         })
         .await;
-    let name = format!("test_{}_{}", std::process::id(), NEXT_DB.fetch_add(1, Ordering::SeqCst));
-    let mut admin = PgConnection::connect(&pg.url("postgres")).await.expect("connect");
-    sqlx::query(sqlx::AssertSqlSafe(format!("create database {name} template {TEMPLATE_DB}")))
-        .execute(&mut admin)
+    let name = format!(
+        "test_{}_{}",
+        std::process::id(),
+        NEXT_DB.fetch_add(1, Ordering::SeqCst)
+    );
+    let mut admin = PgConnection::connect(&pg.url("postgres"))
         .await
-        .expect("create test database");
+        .expect("connect");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "create database {name} template {TEMPLATE_DB}"
+    )))
+    .execute(&mut admin)
+    .await
+    .expect("create test database");
     let url = pg.url(&name);
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(20)
@@ -73,7 +92,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -125,7 +147,10 @@ where
         .shutdown_timeout(Duration::from_secs(20))
         .register(move |_| {
             WorkerBuilder::new(name.clone())
-                .backend(jobs::PgBackend::<jobs::AnyJob>::new(pool.clone(), config.clone()))
+                .backend(jobs::PgBackend::<jobs::AnyJob>::new(
+                    pool.clone(),
+                    config.clone(),
+                ))
                 .build(handler.clone())
         });
     let handle = tokio::spawn(async move {
@@ -136,5 +161,8 @@ where
             })
             .await;
     });
-    RunningWorker { stop: Some(stop), handle }
+    RunningWorker {
+        stop: Some(stop),
+        handle,
+    }
 }

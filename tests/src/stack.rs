@@ -35,7 +35,11 @@ pub struct StackOptions {
 
 impl Default for StackOptions {
     fn default() -> Self {
-        StackOptions { slow_delay: Duration::from_secs(3), client_timeout: Duration::from_millis(700), worker: true }
+        StackOptions {
+            slow_delay: Duration::from_secs(3),
+            client_timeout: Duration::from_millis(700),
+            worker: true,
+        }
     }
 }
 
@@ -60,7 +64,10 @@ pub fn provider_settings(sandbox_url: &str, timeout: Duration) -> worker::app::P
 pub fn spawn_worker_runtime(
     pool: sqlx::PgPool,
     providers: worker::saga::Providers,
-) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>) {
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let mut settings = worker::runtime::WorkerSettings::default();
     settings.maintenance.every = Duration::from_millis(100);
@@ -80,16 +87,32 @@ impl Stack {
     /// Starts everything.
     pub async fn start(options: StackOptions) -> Stack {
         let db = fresh_db().await;
-        let config = sandbox::SandboxConfig { slow_delay: options.slow_delay, ..Default::default() };
-        let sandbox = sandbox::spawn("127.0.0.1:0".parse().unwrap(), config).await.expect("sandbox");
-        let secrets = ingress::settings::WebhookSecrets::parse(&SECRET.to_owned().into()).expect("secret");
+        let config = sandbox::SandboxConfig {
+            slow_delay: options.slow_delay,
+            ..Default::default()
+        };
+        let sandbox = sandbox::spawn("127.0.0.1:0".parse().unwrap(), config)
+            .await
+            .expect("sandbox");
+        let secrets =
+            ingress::settings::WebhookSecrets::parse(&SECRET.to_owned().into()).expect("secret");
         let mut settings = ingress::settings::Settings::new(secrets);
         settings.ingress_addr = "127.0.0.1:0".parse().unwrap();
         settings.dashboard_addr = None;
-        let ingress = ingress::startup::spawn(db.pool.clone(), &settings).await.expect("ingress");
-        let mut stack = Stack { db, sandbox, ingress, worker_stop: None, worker: None };
+        let ingress = ingress::startup::spawn(db.pool.clone(), &settings)
+            .await
+            .expect("ingress");
+        let mut stack = Stack {
+            db,
+            sandbox,
+            ingress,
+            worker_stop: None,
+            worker: None,
+        };
         if options.worker {
-            let providers = provider_settings(&stack.sandbox.base_url(), options.client_timeout).providers().unwrap();
+            let providers = provider_settings(&stack.sandbox.base_url(), options.client_timeout)
+                .providers()
+                .unwrap();
             let (stop, handle) = spawn_worker_runtime(stack.db.pool.clone(), providers);
             stack.worker_stop = Some(stop);
             stack.worker = Some(handle);
@@ -112,7 +135,9 @@ impl Stack {
     pub async fn deliver(&self, event: &Value) -> u16 {
         let url = format!("http://{}/webhooks/clerk", self.ingress.ingress_addr);
         let body = serde_json::to_vec(event).unwrap();
-        let (status, body) = ingress::send::send_event(&url, SECRET, &body, None, None).await.expect("deliver");
+        let (status, body) = ingress::send::send_event(&url, SECRET, &body, None, None)
+            .await
+            .expect("deliver");
         assert!(status < 300, "delivery answered {status}: {body}");
         status
     }
@@ -128,9 +153,11 @@ impl Stack {
 
     /// Waits until the organization's saga is in `state`.
     pub async fn wait_saga(&self, org_id: &str, state: &str) {
-        wait_for(&format!("saga of {org_id} to be {state}"), Duration::from_secs(90), || async {
-            (self.saga_state(org_id).await.as_deref() == Some(state)).then_some(())
-        })
+        wait_for(
+            &format!("saga of {org_id} to be {state}"),
+            Duration::from_secs(90),
+            || async { (self.saga_state(org_id).await.as_deref() == Some(state)).then_some(()) },
+        )
         .await;
     }
 
@@ -165,7 +192,9 @@ impl Stack {
 
 /// A Clerk fixture, parsed.
 pub fn fixture(name: &str) -> Value {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/clerk").join(name);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures/clerk")
+        .join(name);
     serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("fixture json")
 }
 

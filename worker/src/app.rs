@@ -11,7 +11,8 @@ use secrecy::SecretString;
 use sqlx::PgPool;
 
 use crate::provider::{
-    ClerkClient, ClerkConfig, DEFAULT_TIMEOUT, ResendClient, ResendConfig, TwilioClient, TwilioConfig,
+    ClerkClient, ClerkConfig, DEFAULT_TIMEOUT, ResendClient, ResendConfig, TwilioClient,
+    TwilioConfig,
 };
 use crate::runtime::Registry;
 use crate::saga::Providers;
@@ -81,9 +82,11 @@ impl ProviderSettings {
             self.twilio_auth_token.clone(),
         );
         twilio.timeout = self.timeout;
-        let mut resend = ResendConfig::new(self.resend_base_url.clone(), self.resend_api_key.clone());
+        let mut resend =
+            ResendConfig::new(self.resend_base_url.clone(), self.resend_api_key.clone());
         resend.timeout = self.timeout;
-        let mut clerk = ClerkConfig::new(self.clerk_base_url.clone(), self.clerk_secret_key.clone());
+        let mut clerk =
+            ClerkConfig::new(self.clerk_base_url.clone(), self.clerk_secret_key.clone());
         clerk.timeout = self.timeout;
         Ok(Providers {
             twilio: TwilioClient::new(twilio)?,

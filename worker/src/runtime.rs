@@ -15,7 +15,8 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 
 /// A job kind's handler: gets the raw arguments and the attempt's context.
-pub type Handler = Arc<dyn Fn(AnyJob, JobContext) -> BoxFuture<'static, Result<(), JobError>> + Send + Sync>;
+pub type Handler =
+    Arc<dyn Fn(AnyJob, JobContext) -> BoxFuture<'static, Result<(), JobError>> + Send + Sync>;
 
 /// Handlers by kind, and the queues to serve.
 #[derive(Clone, Default)]
@@ -28,7 +29,10 @@ impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registry")
             .field("kinds", &self.handlers.keys().collect::<Vec<_>>())
-            .field("queues", &self.queues.iter().map(|q| &q.queue).collect::<Vec<_>>())
+            .field(
+                "queues",
+                &self.queues.iter().map(|q| &q.queue).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -46,14 +50,20 @@ impl Registry {
         F: Fn(AnyJob, JobContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), JobError>> + Send + 'static,
     {
-        self.handlers.insert(kind.into(), Arc::new(move |job, ctx| Box::pin(handler(job, ctx))));
+        self.handlers.insert(
+            kind.into(),
+            Arc::new(move |job, ctx| Box::pin(handler(job, ctx))),
+        );
         self
     }
 
     async fn dispatch(&self, job: AnyJob, ctx: JobContext) -> Result<(), JobError> {
         match self.handlers.get(&job.kind) {
             Some(handler) => handler(job, ctx).await,
-            None => Err(JobError::permanent(format!("no handler for job kind `{}`", job.kind))),
+            None => Err(JobError::permanent(format!(
+                "no handler for job kind `{}`",
+                job.kind
+            ))),
         }
     }
 }
@@ -69,7 +79,10 @@ pub struct WorkerSettings {
 
 impl Default for WorkerSettings {
     fn default() -> Self {
-        WorkerSettings { shutdown_deadline: Duration::from_secs(30), maintenance: Maintenance::default() }
+        WorkerSettings {
+            shutdown_deadline: Duration::from_secs(30),
+            maintenance: Maintenance::default(),
+        }
     }
 }
 
@@ -104,9 +117,13 @@ pub async fn run(
     }
     let maintenance = {
         let mut stop = stop_rx.clone();
-        tokio::spawn(jobs::maintenance::run(pool.clone(), settings.maintenance.clone(), async move {
-            let _ = stop.wait_for(|stopped| *stopped).await;
-        }))
+        tokio::spawn(jobs::maintenance::run(
+            pool.clone(),
+            settings.maintenance.clone(),
+            async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            },
+        ))
     };
     let mut stop = stop_rx;
     let signal = async move {
@@ -128,7 +145,8 @@ pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install a SIGTERM handler");
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("install a SIGTERM handler");
         tokio::select! {
             _ = interrupt => {}
             _ = terminate.recv() => {}

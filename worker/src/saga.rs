@@ -16,7 +16,9 @@ use jobs::{AnyJob, JobContext, JobError, KindOptions, Kinds, QueueConfig, RetryP
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
 
-use crate::provider::{AccountStatus, ClerkClient, Email, ProviderError, ResendClient, TwilioClient};
+use crate::provider::{
+    AccountStatus, ClerkClient, Email, ProviderError, ResendClient, TwilioClient,
+};
 use crate::runtime::Registry;
 
 /// The provider clients the saga calls.
@@ -69,7 +71,11 @@ fn kinds() -> Kinds {
     Kinds::new(KindOptions {
         queue: QUEUE.to_owned(),
         max_attempts: jobs::onboarding::STEP_MAX_ATTEMPTS,
-        retry: RetryPolicy { base: Duration::from_secs(1), cap: Duration::from_secs(300), jitter: 0.2 },
+        retry: RetryPolicy {
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(300),
+            jitter: 0.2,
+        },
         timeout: Duration::from_secs(60),
         unique_completed: false,
     })
@@ -91,7 +97,11 @@ pub fn register(mut registry: Registry, pool: PgPool, providers: Arc<Providers>)
             run_step(pool.clone(), providers.clone(), step, job, ctx)
         });
     }
-    for step in ["create_org_record", "default_permissions", "twilio_subaccount"] {
+    for step in [
+        "create_org_record",
+        "default_permissions",
+        "twilio_subaccount",
+    ] {
         let (pool, providers) = (pool.clone(), providers.clone());
         registry = registry.handle(saga::undo_kind(step), move |job, ctx| {
             run_undo(pool.clone(), providers.clone(), step, job, ctx)
@@ -105,7 +115,9 @@ pub fn register(mut registry: Registry, pool: PgPool, providers: Arc<Providers>)
     registry = registry.handle(SYNC_METADATA_KIND, move |job, _ctx| {
         sync_metadata(sync_pool.clone(), sync_providers.clone(), job)
     });
-    registry.handle(OFFBOARD_KIND, move |job, ctx| offboard(pool.clone(), providers.clone(), job, ctx))
+    registry.handle(OFFBOARD_KIND, move |job, ctx| {
+        offboard(pool.clone(), providers.clone(), job, ctx)
+    })
 }
 
 /// `clerk.organization.created`: starts the organization's saga from the stored delivery
@@ -116,19 +128,57 @@ async fn start_onboarding(pool: PgPool, job: AnyJob, ctx: JobContext) -> Result<
         .ok_or_else(|| JobError::permanent("job arguments lack inbox_id"))?;
     let mut tx = pool.begin().await.map_err(retry)?;
     // The organization's record from the event itself (last writer wins on its updated_at)…
-    jobs::clerk_event::handle(&mut tx, &job.kind, inbox_id).await.map_err(|e| match e {
-        jobs::clerk_event::EventError::Database(e) => retry(e),
-        other => JobError::permanent(other),
-    })?;
+    jobs::clerk_event::handle(&mut tx, &job.kind, inbox_id)
+        .await
+        .map_err(|e| match e {
+            jobs::clerk_event::EventError::Database(e) => retry(e),
+            other => JobError::permanent(other),
+        })?;
+    // An organization deleted before its creation was processed is not onboarded: its deletion
+    // (serialised with this transaction by the organization row's lock) already offboarded it.
+    let deleted: bool = sqlx::query_scalar(
+        "select coalesce(bool_or(o.deleted_at is not null), false)
+           from onboard.inbox i join onboard.organization o on o.clerk_org_id = i.payload->'data'->>'id'
+          where i.id = $1",
+    )
+    .bind(inbox_id)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(retry)?;
+    if deleted {
+        jobs::complete(&mut tx, ctx.id, ctx.attempt)
+            .await
+            .map_err(retry)?;
+        tx.commit().await.map_err(retry)?;
+        tracing::info!(inbox_id, "organization already deleted: not onboarding it");
+        return Ok(());
+    }
     // …and its one saga, in the same transaction.
-    let started = jobs::onboarding::start_from_inbox(&mut tx, inbox_id).await.map_err(|e| {
-        if e.is_permanent() { JobError::permanent(e) } else { retry(e) }
-    })?;
-    if !jobs::complete(&mut tx, ctx.id, ctx.attempt).await.map_err(retry)? {
-        return Err(retry(format!("attempt {} no longer holds job {}", ctx.attempt, ctx.id)));
+    let started = jobs::onboarding::start_from_inbox(&mut tx, inbox_id)
+        .await
+        .map_err(|e| {
+            if e.is_permanent() {
+                JobError::permanent(e)
+            } else {
+                retry(e)
+            }
+        })?;
+    if !jobs::complete(&mut tx, ctx.id, ctx.attempt)
+        .await
+        .map_err(retry)?
+    {
+        return Err(retry(format!(
+            "attempt {} no longer holds job {}",
+            ctx.attempt, ctx.id
+        )));
     }
     tx.commit().await.map_err(retry)?;
-    tracing::info!(inbox_id, onboarding = started.onboarding_id, created = started.created, "onboarding started");
+    tracing::info!(
+        inbox_id,
+        onboarding = started.onboarding_id,
+        created = started.created,
+        "onboarding started"
+    );
     Ok(())
 }
 
@@ -153,20 +203,28 @@ async fn run_step(
     if saga.state != "running" {
         // Cancelled or compensating since this job was enqueued: nothing to do.
         saga::step_skipped(&mut tx, id, step).await.map_err(retry)?;
-        jobs::complete(&mut tx, ctx.id, ctx.attempt).await.map_err(retry)?;
+        jobs::complete(&mut tx, ctx.id, ctx.attempt)
+            .await
+            .map_err(retry)?;
         return tx.commit().await.map_err(retry);
     }
     saga::step_started(&mut tx, id, step).await.map_err(retry)?;
     let result = perform(&mut tx, &providers, step, &saga).await;
     match result {
         Ok(output) => {
-            saga::step_succeeded(&mut tx, &saga, step, &output).await.map_err(retry)?;
-            jobs::complete(&mut tx, ctx.id, ctx.attempt).await.map_err(retry)?;
+            saga::step_succeeded(&mut tx, &saga, step, &output)
+                .await
+                .map_err(retry)?;
+            jobs::complete(&mut tx, ctx.id, ctx.attempt)
+                .await
+                .map_err(retry)?;
             tx.commit().await.map_err(retry)
         }
         Err(StepError::Retry(message, after)) if ctx.attempt < ctx.max_attempts => {
             tracing::warn!(onboarding = id, step, %message, "step attempt failed; retrying");
-            saga::step_attempt_failed(&mut tx, id, step, &message).await.map_err(retry)?;
+            saga::step_attempt_failed(&mut tx, id, step, &message)
+                .await
+                .map_err(retry)?;
             tx.commit().await.map_err(retry)?;
             Err(match after {
                 Some(delay) => JobError::RetryAfter(delay, message),
@@ -175,15 +233,24 @@ async fn run_step(
         }
         Err(StepError::Retry(message, _) | StepError::Permanent(message)) => {
             tracing::error!(onboarding = id, step, %message, "step failed for good");
-            saga::step_failed(&mut tx, &saga, step, &message).await.map_err(retry)?;
-            jobs::discard(&mut tx, ctx.id, ctx.attempt, &message).await.map_err(retry)?;
+            saga::step_failed(&mut tx, &saga, step, &message)
+                .await
+                .map_err(retry)?;
+            jobs::discard(&mut tx, ctx.id, ctx.attempt, &message)
+                .await
+                .map_err(retry)?;
             tx.commit().await.map_err(retry)?;
             Err(JobError::Permanent(message))
         }
     }
 }
 
-async fn perform(conn: &mut PgConnection, providers: &Providers, step: &str, saga: &Saga) -> Result<Value, StepError> {
+async fn perform(
+    conn: &mut PgConnection,
+    providers: &Providers,
+    step: &str,
+    saga: &Saga,
+) -> Result<Value, StepError> {
     match step {
         "create_org_record" => create_org_record(conn, saga).await,
         "default_permissions" => {
@@ -228,7 +295,9 @@ async fn create_org_record(conn: &mut PgConnection, saga: &Saga) -> Result<Value
 async fn organization_id(conn: &mut PgConnection, saga: &Saga) -> Result<i64, StepError> {
     jobs::directory::organization_id(conn, &saga.clerk_org_id)
         .await?
-        .ok_or_else(|| StepError::Permanent(format!("organization {} has no record", saga.clerk_org_id)))
+        .ok_or_else(|| {
+            StepError::Permanent(format!("organization {} has no record", saga.clerk_org_id))
+        })
 }
 
 fn friendly_name(saga: &Saga) -> String {
@@ -237,18 +306,31 @@ fn friendly_name(saga: &Saga) -> String {
 
 /// Lists before creating and after an ambiguous failure, and adopts an active match: one
 /// sub-account per organization however often this runs.
-async fn twilio_subaccount(conn: &mut PgConnection, twilio: &TwilioClient, saga: &Saga) -> Result<Value, StepError> {
+async fn twilio_subaccount(
+    conn: &mut PgConnection,
+    twilio: &TwilioClient,
+    saga: &Saga,
+) -> Result<Value, StepError> {
     let name = friendly_name(saga);
-    let existing = twilio.list_subaccounts(&name, Some(AccountStatus::Active)).await?;
+    let existing = twilio
+        .list_subaccounts(&name, Some(AccountStatus::Active))
+        .await?;
     let (account, adopted) = match existing.into_iter().next() {
         Some(account) => (account, true),
         None => match twilio.create_subaccount(&name).await {
             Ok(account) => (account, false),
             Err(error) if error.is_ambiguous() => {
-                let found = twilio.list_subaccounts(&name, Some(AccountStatus::Active)).await?;
+                let found = twilio
+                    .list_subaccounts(&name, Some(AccountStatus::Active))
+                    .await?;
                 match found.into_iter().next() {
                     Some(account) => (account, true),
-                    None => return Err(StepError::Retry(format!("create was ambiguous ({error}); no account yet"), None)),
+                    None => {
+                        return Err(StepError::Retry(
+                            format!("create was ambiguous ({error}); no account yet"),
+                            None,
+                        ));
+                    }
                 }
             }
             Err(error) => return Err(error.into()),
@@ -268,17 +350,26 @@ const WELCOME_HTML: &str = "<p>Hello {name},</p><p><strong>{org}</strong> is rea
 fn render(template: &str, name: &str, org: &str, html: bool) -> String {
     let escape = |s: &str| {
         if html {
-            s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+            s.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+                .replace('"', "&quot;")
         } else {
             s.to_owned()
         }
     };
-    template.replace("{name}", &escape(name)).replace("{org}", &escape(org))
+    template
+        .replace("{name}", &escape(name))
+        .replace("{org}", &escape(org))
 }
 
 /// Sends the welcome email once: our own `sent_at` marker first, the provider's idempotency key
 /// `welcome/<org>/<user>` for a crash between the send and our commit.
-async fn welcome_email(conn: &mut PgConnection, providers: &Providers, saga: &Saga) -> Result<Value, StepError> {
+async fn welcome_email(
+    conn: &mut PgConnection,
+    providers: &Providers,
+    saga: &Saga,
+) -> Result<Value, StepError> {
     let previous = saga::step_output(conn, saga.id, "welcome_email").await?;
     if previous.get("sent_at").is_some() {
         return Ok(previous);
@@ -305,7 +396,9 @@ async fn welcome_email(conn: &mut PgConnection, providers: &Providers, saga: &Sa
         }
     }
     let Some(recipient) = recipient else {
-        return Err(StepError::Permanent("the creator has no email address anywhere".into()));
+        return Err(StepError::Permanent(
+            "the creator has no email address anywhere".into(),
+        ));
     };
     let org_name = text(&saga.request["name"]).unwrap_or_else(|| saga.clerk_org_id.clone());
     let name = first_name.unwrap_or_else(|| "there".into());
@@ -316,7 +409,11 @@ async fn welcome_email(conn: &mut PgConnection, providers: &Providers, saga: &Sa
         html: Some(render(WELCOME_HTML, &name, &org_name, true)),
         text: Some(render(WELCOME_TEXT, &name, &org_name, false)),
     };
-    let key = format!("welcome/{}/{}", saga.clerk_org_id, user_id.as_deref().unwrap_or("creator"));
+    let key = format!(
+        "welcome/{}/{}",
+        saga.clerk_org_id,
+        user_id.as_deref().unwrap_or("creator")
+    );
     let email_id = providers.resend.send_email(&email, &key).await?;
     Ok(json!({ "sent_at": chrono::Utc::now(), "email_id": email_id, "recipient": recipient }))
 }
@@ -334,14 +431,20 @@ async fn run_undo(
         return Err(JobError::permanent(format!("no onboarding {id}")));
     };
     if saga.state != "compensating" {
-        jobs::complete(&mut tx, ctx.id, ctx.attempt).await.map_err(retry)?;
+        jobs::complete(&mut tx, ctx.id, ctx.attempt)
+            .await
+            .map_err(retry)?;
         return tx.commit().await.map_err(retry);
     }
     let result = undo(&mut tx, &providers, step, &saga).await;
     match result {
         Ok(output) => {
-            saga::compensation_succeeded(&mut tx, id, step, &output).await.map_err(retry)?;
-            jobs::complete(&mut tx, ctx.id, ctx.attempt).await.map_err(retry)?;
+            saga::compensation_succeeded(&mut tx, id, step, &output)
+                .await
+                .map_err(retry)?;
+            jobs::complete(&mut tx, ctx.id, ctx.attempt)
+                .await
+                .map_err(retry)?;
             tx.commit().await.map_err(retry)
         }
         Err(StepError::Retry(message, after)) if ctx.attempt < ctx.max_attempts => {
@@ -352,15 +455,24 @@ async fn run_undo(
             })
         }
         Err(StepError::Retry(message, _) | StepError::Permanent(message)) => {
-            saga::compensation_failed(&mut tx, id, step, &message).await.map_err(retry)?;
-            jobs::discard(&mut tx, ctx.id, ctx.attempt, &message).await.map_err(retry)?;
+            saga::compensation_failed(&mut tx, id, step, &message)
+                .await
+                .map_err(retry)?;
+            jobs::discard(&mut tx, ctx.id, ctx.attempt, &message)
+                .await
+                .map_err(retry)?;
             tx.commit().await.map_err(retry)?;
             Err(JobError::Permanent(message))
         }
     }
 }
 
-async fn undo(conn: &mut PgConnection, providers: &Providers, step: &str, saga: &Saga) -> Result<Value, StepError> {
+async fn undo(
+    conn: &mut PgConnection,
+    providers: &Providers,
+    step: &str,
+    saga: &Saga,
+) -> Result<Value, StepError> {
     match step {
         "twilio_subaccount" => {
             let closed = close_subaccounts(&providers.twilio, &saga.clerk_org_id).await?;
@@ -384,18 +496,26 @@ async fn undo(conn: &mut PgConnection, providers: &Providers, step: &str, saga: 
             .await?;
             Ok(json!({ "marked": "failed" }))
         }
-        other => Err(StepError::Permanent(format!("no compensation for `{other}`"))),
+        other => Err(StepError::Permanent(format!(
+            "no compensation for `{other}`"
+        ))),
     }
 }
 
 /// Closes every active or suspended sub-account named `org:<id>`, recorded or not; none left
 /// counts as done. Returns the SIDs closed.
-async fn close_subaccounts(twilio: &TwilioClient, clerk_org_id: &str) -> Result<Vec<String>, StepError> {
+async fn close_subaccounts(
+    twilio: &TwilioClient,
+    clerk_org_id: &str,
+) -> Result<Vec<String>, StepError> {
     let name = format!("org:{clerk_org_id}");
     let mut closed = Vec::new();
     for status in [AccountStatus::Active, AccountStatus::Suspended] {
         for account in twilio.list_subaccounts(&name, Some(status)).await? {
-            match twilio.update_status(&account.sid, AccountStatus::Closed).await {
+            match twilio
+                .update_status(&account.sid, AccountStatus::Closed)
+                .await
+            {
                 Ok(_) => closed.push(account.sid),
                 Err(error) if error.is_not_found() => {}
                 Err(error) => return Err(error.into()),
@@ -406,19 +526,28 @@ async fn close_subaccounts(twilio: &TwilioClient, clerk_org_id: &str) -> Result<
 }
 
 /// Merges the saga's current state into the organization's Clerk `public_metadata`.
-async fn sync_metadata(pool: PgPool, providers: Arc<Providers>, job: AnyJob) -> Result<(), JobError> {
+async fn sync_metadata(
+    pool: PgPool,
+    providers: Arc<Providers>,
+    job: AnyJob,
+) -> Result<(), JobError> {
     let id = saga_id(&job)?;
-    let row: Option<(String, String, chrono::DateTime<chrono::Utc>)> =
-        sqlx::query_as("select clerk_org_id, state, updated_at from onboard.onboarding where id = $1")
-            .bind(id)
-            .fetch_optional(&pool)
-            .await
-            .map_err(retry)?;
+    let row: Option<(String, String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "select clerk_org_id, state, updated_at from onboard.onboarding where id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&pool)
+    .await
+    .map_err(retry)?;
     let Some((org, state, updated_at)) = row else {
         return Err(JobError::permanent(format!("no onboarding {id}")));
     };
     let metadata = json!({ "onboarding": { "state": state, "updated_at": updated_at } });
-    match providers.clerk.merge_org_public_metadata(&org, metadata).await {
+    match providers
+        .clerk
+        .merge_org_public_metadata(&org, metadata)
+        .await
+    {
         Ok(()) => Ok(()),
         Err(error) => Err(provider_job_error(error)),
     }
@@ -434,7 +563,12 @@ fn provider_job_error(error: ProviderError) -> JobError {
 
 /// Offboards a deleted organization: a running saga is cancelled first and offboarding waits
 /// until it is terminal; then every sub-account named `org:<id>` is closed.
-async fn offboard(pool: PgPool, providers: Arc<Providers>, job: AnyJob, ctx: JobContext) -> Result<(), JobError> {
+async fn offboard(
+    pool: PgPool,
+    providers: Arc<Providers>,
+    job: AnyJob,
+    ctx: JobContext,
+) -> Result<(), JobError> {
     let Some(org) = job.args["clerk_org_id"].as_str().map(str::to_owned) else {
         return Err(JobError::permanent("job arguments lack clerk_org_id"));
     };
@@ -443,23 +577,31 @@ async fn offboard(pool: PgPool, providers: Arc<Providers>, job: AnyJob, ctx: Job
         if saga.state == "running" {
             let cancelled = saga::cancel(&mut tx, saga.id).await.map_err(retry)?;
             tx.commit().await.map_err(retry)?;
-            tracing::info!(onboarding = saga.id, cancelled, "organization deleted: waiting for its onboarding to end");
+            tracing::info!(
+                onboarding = saga.id,
+                cancelled,
+                "organization deleted: waiting for its onboarding to end"
+            );
             return Err(JobError::Snooze(Duration::from_secs(1)));
         }
         if !saga.is_terminal() {
             return Err(JobError::Snooze(Duration::from_secs(1)));
         }
     }
-    let closed = close_subaccounts(&providers.twilio, &org).await.map_err(|e| match e {
-        StepError::Permanent(message) => JobError::Permanent(message),
-        StepError::Retry(message, _) => JobError::Retry(message),
-    })?;
+    let closed = close_subaccounts(&providers.twilio, &org)
+        .await
+        .map_err(|e| match e {
+            StepError::Permanent(message) => JobError::Permanent(message),
+            StepError::Retry(message, _) => JobError::Retry(message),
+        })?;
     sqlx::query("update onboard.organization set onboarding_status = 'deleted', updated_at = now() where clerk_org_id = $1")
         .bind(&org)
         .execute(&mut *tx)
         .await
         .map_err(retry)?;
-    jobs::complete(&mut tx, ctx.id, ctx.attempt).await.map_err(retry)?;
+    jobs::complete(&mut tx, ctx.id, ctx.attempt)
+        .await
+        .map_err(retry)?;
     tx.commit().await.map_err(retry)?;
     tracing::info!(%org, ?closed, "organization offboarded");
     Ok(())

@@ -24,9 +24,16 @@ use crate::error::JobError;
 pub(crate) enum Verdict {
     Completed,
     /// Retryable after `delay`, or discarded when attempts are used up.
-    Retry { message: String, delay: Duration, error_kind: &'static str },
+    Retry {
+        message: String,
+        delay: Duration,
+        error_kind: &'static str,
+    },
     /// Discarded now.
-    Discard { message: String, error_kind: &'static str },
+    Discard {
+        message: String,
+        error_kind: &'static str,
+    },
     /// Scheduled after `delay` without using an attempt.
     Snooze(Duration),
     /// Cancelled.
@@ -60,7 +67,10 @@ impl OutcomeLayer {
 impl<S> Layer<S> for OutcomeLayer {
     type Service = OutcomeService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        OutcomeService { shared: self.shared.clone(), inner }
+        OutcomeService {
+            shared: self.shared.clone(),
+            inner,
+        }
     }
 }
 
@@ -94,9 +104,12 @@ where
             let Some(ctx) = ctx else {
                 return Err("task without a job context".into());
             };
-            let span = tracing::info_span!("job", id = ctx.id, kind = %ctx.kind, attempt = ctx.attempt);
+            let span =
+                tracing::info_span!("job", id = ctx.id, kind = %ctx.kind, attempt = ctx.attempt);
             let verdict = judge(&shared, &ctx, attempt).instrument(span).await;
-            let _ = shared.acks.send(AckMessage::Outcome(Outcome { ctx, verdict }));
+            let _ = shared
+                .acks
+                .send(AckMessage::Outcome(Outcome { ctx, verdict }));
             Ok(())
         })
     }
@@ -135,9 +148,20 @@ fn classify(error: BoxDynError, backoff: Duration) -> Verdict {
     let error = match error.downcast::<JobError>() {
         Ok(job_error) => {
             return match *job_error {
-                JobError::Retry(message) => Verdict::Retry { message, delay: backoff, error_kind: "error" },
-                JobError::Permanent(message) => Verdict::Discard { message, error_kind: "permanent" },
-                JobError::RetryAfter(delay, message) => Verdict::Retry { message, delay, error_kind: "retry_after" },
+                JobError::Retry(message) => Verdict::Retry {
+                    message,
+                    delay: backoff,
+                    error_kind: "error",
+                },
+                JobError::Permanent(message) => Verdict::Discard {
+                    message,
+                    error_kind: "permanent",
+                },
+                JobError::RetryAfter(delay, message) => Verdict::Retry {
+                    message,
+                    delay,
+                    error_kind: "retry_after",
+                },
                 JobError::Snooze(delay) => Verdict::Snooze(delay),
                 JobError::Cancel(message) => Verdict::Cancel(message),
             };
@@ -145,12 +169,23 @@ fn classify(error: BoxDynError, backoff: Duration) -> Verdict {
         Err(other) => other,
     };
     if let Some(retry) = error.downcast_ref::<RetryAfterError>() {
-        return Verdict::Retry { message: retry.to_string(), delay: retry.get_duration(), error_kind: "retry_after" };
+        return Verdict::Retry {
+            message: retry.to_string(),
+            delay: retry.get_duration(),
+            error_kind: "retry_after",
+        };
     }
     if error.downcast_ref::<AbortError>().is_some() {
-        return Verdict::Discard { message: error.to_string(), error_kind: "permanent" };
+        return Verdict::Discard {
+            message: error.to_string(),
+            error_kind: "permanent",
+        };
     }
-    Verdict::Retry { message: error_chain(error.as_ref()), delay: backoff, error_kind: "error" }
+    Verdict::Retry {
+        message: error_chain(error.as_ref()),
+        delay: backoff,
+        error_kind: "error",
+    }
 }
 
 fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
@@ -201,7 +236,10 @@ update onboard.job
 
 /// Writes verdicts until every sender is gone. Never drops one on a database error: it retries,
 /// and a verdict that arrives after its lease was lost is a fenced no-op.
-pub(crate) async fn run_acker(shared: Arc<Shared>, mut messages: mpsc::UnboundedReceiver<AckMessage>) {
+pub(crate) async fn run_acker(
+    shared: Arc<Shared>,
+    mut messages: mpsc::UnboundedReceiver<AckMessage>,
+) {
     let max = shared.config.ack_batch.max(1);
     let mut batch = Vec::with_capacity(max);
     let mut flushes = Vec::new();
@@ -221,7 +259,11 @@ pub(crate) async fn run_acker(shared: Arc<Shared>, mut messages: mpsc::Unbounded
                 AckMessage::Outcome(outcome) => batch.push(outcome),
                 AckMessage::Flush(done) => flushes.push(done),
             }
-            next = if batch.len() < max || stopping { messages.try_recv().ok() } else { None };
+            next = if batch.len() < max || stopping {
+                messages.try_recv().ok()
+            } else {
+                None
+            };
         }
         let mut failures = 0u32;
         while !batch.is_empty() {
@@ -235,7 +277,10 @@ pub(crate) async fn run_acker(shared: Arc<Shared>, mut messages: mpsc::Unbounded
                     let delay = Duration::from_millis(50 * 2u64.pow(failures.min(6)));
                     tracing::warn!(%error, ?delay, "acknowledging outcomes failed; retrying");
                     if stopping && failures > 8 {
-                        tracing::error!("giving up on {} outcomes at shutdown; their leases will expire", batch.len());
+                        tracing::error!(
+                            "giving up on {} outcomes at shutdown; their leases will expire",
+                            batch.len()
+                        );
                         batch.clear();
                     }
                     tokio::time::sleep(delay).await;
@@ -261,7 +306,10 @@ fn settle(shared: &Shared, batch: &[Outcome]) {
     }
     shared.capacity.add_permits(batch.len());
     // A retry or snooze may set a nearer run_at than the fetcher's timer knows.
-    if batch.iter().any(|o| !matches!(o.verdict, Verdict::Completed)) {
+    if batch
+        .iter()
+        .any(|o| !matches!(o.verdict, Verdict::Completed))
+    {
         shared.wake.notify_one();
     }
 }
@@ -272,26 +320,53 @@ async fn write(shared: &Shared, batch: &[Outcome]) -> Result<(), sqlx::Error> {
         .filter(|o| matches!(o.verdict, Verdict::Completed))
         .map(|o| (o.ctx.id, o.ctx.attempt))
         .unzip();
-    let others: Vec<&Outcome> = batch.iter().filter(|o| !matches!(o.verdict, Verdict::Completed)).collect();
+    let others: Vec<&Outcome> = batch
+        .iter()
+        .filter(|o| !matches!(o.verdict, Verdict::Completed))
+        .collect();
     if others.is_empty() {
         if !ids.is_empty() {
-            sqlx::query(COMPLETE).bind(&ids).bind(&attempts).execute(&shared.pool).await?;
+            sqlx::query(COMPLETE)
+                .bind(&ids)
+                .bind(&attempts)
+                .execute(&shared.pool)
+                .await?;
         }
         return Ok(());
     }
     let mut tx = shared.pool.begin().await?;
     if !ids.is_empty() {
-        sqlx::query(COMPLETE).bind(&ids).bind(&attempts).execute(&mut *tx).await?;
+        sqlx::query(COMPLETE)
+            .bind(&ids)
+            .bind(&attempts)
+            .execute(&mut *tx)
+            .await?;
     }
     for outcome in others {
         let ctx = &outcome.ctx;
         match &outcome.verdict {
             Verdict::Completed => {}
-            Verdict::Retry { message, delay, error_kind } => {
+            Verdict::Retry {
+                message,
+                delay,
+                error_kind,
+            } => {
                 fail(&mut tx, shared, ctx, message, error_kind, false, *delay).await?;
             }
-            Verdict::Discard { message, error_kind } => {
-                fail(&mut tx, shared, ctx, message, error_kind, true, Duration::ZERO).await?;
+            Verdict::Discard {
+                message,
+                error_kind,
+            } => {
+                fail(
+                    &mut tx,
+                    shared,
+                    ctx,
+                    message,
+                    error_kind,
+                    true,
+                    Duration::ZERO,
+                )
+                .await?;
             }
             Verdict::Snooze(delay) => {
                 sqlx::query(SNOOZE)
@@ -305,7 +380,12 @@ async fn write(shared: &Shared, batch: &[Outcome]) -> Result<(), sqlx::Error> {
                 sqlx::query(CANCEL)
                     .bind(ctx.id)
                     .bind(ctx.attempt)
-                    .bind(sqlx::types::Json(error_record(shared, ctx, message, "cancelled")))
+                    .bind(sqlx::types::Json(error_record(
+                        shared,
+                        ctx,
+                        message,
+                        "cancelled",
+                    )))
                     .execute(&mut *tx)
                     .await?;
             }
@@ -329,14 +409,21 @@ async fn fail(
         .bind(ctx.attempt)
         .bind(permanent)
         .bind(millis(delay))
-        .bind(sqlx::types::Json(error_record(shared, ctx, message, error_kind)))
+        .bind(sqlx::types::Json(error_record(
+            shared, ctx, message, error_kind,
+        )))
         .execute(tx)
         .await?;
     Ok(())
 }
 
 /// One entry of `job.errors`: what an operator reads on the dashboard.
-pub(crate) fn error_record(shared: &Shared, ctx: &JobContext, message: &str, kind: &str) -> serde_json::Value {
+pub(crate) fn error_record(
+    shared: &Shared,
+    ctx: &JobContext,
+    message: &str,
+    kind: &str,
+) -> serde_json::Value {
     serde_json::json!({
         "attempt": ctx.attempt,
         "at": chrono::Utc::now(),
@@ -382,6 +469,8 @@ pub(crate) async fn release(shared: &Shared, jobs: &[(i64, i32)]) {
                 in_flight.remove(id);
             }
         }
-        Err(error) => tracing::warn!(%error, "releasing unstarted jobs failed; their leases will expire"),
+        Err(error) => {
+            tracing::warn!(%error, "releasing unstarted jobs failed; their leases will expire")
+        }
     }
 }

@@ -162,13 +162,19 @@ async fn claim(shared: &Shared, limit: usize) -> Result<Claimed, sqlx::Error> {
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&shared.pool)
         .await?;
-    let mut claimed = Claimed { rows: Vec::with_capacity(rows.len()), next_due: None, restricted: false };
+    let mut claimed = Claimed {
+        rows: Vec::with_capacity(rows.len()),
+        next_due: None,
+        restricted: false,
+    };
     for row in rows {
         if row.try_get::<Option<i64>, _>("id")?.is_some() {
             claimed.rows.push(row);
         } else {
             claimed.next_due = row.try_get("next_due")?;
-            claimed.restricted = row.try_get::<Option<bool>, _>("restricted")?.unwrap_or(false);
+            claimed.restricted = row
+                .try_get::<Option<bool>, _>("restricted")?
+                .unwrap_or(false);
         }
     }
     Ok(claimed)
@@ -199,10 +205,17 @@ async fn claim_capped(shared: &Shared, wanted: usize) -> Result<Claimed, sqlx::E
         tx.commit().await?;
         return claim(shared, wanted).await;
     }
-    let mut next_due: Option<f64> = sqlx::query_scalar(NEXT_DUE).bind(queue).fetch_one(&mut *tx).await?;
+    let mut next_due: Option<f64> = sqlx::query_scalar(NEXT_DUE)
+        .bind(queue)
+        .fetch_one(&mut *tx)
+        .await?;
     if paused {
         tx.commit().await?;
-        return Ok(Claimed { rows: Vec::new(), next_due: None, restricted });
+        return Ok(Claimed {
+            rows: Vec::new(),
+            next_due: None,
+            restricted,
+        });
     }
     let mut allowed = wanted as f64;
     if let Some(max) = max_running {
@@ -245,7 +258,11 @@ async fn claim_capped(shared: &Shared, wanted: usize) -> Result<Claimed, sqlx::E
             .await?;
     }
     tx.commit().await?;
-    Ok(Claimed { rows, next_due, restricted })
+    Ok(Claimed {
+        rows,
+        next_due,
+        restricted,
+    })
 }
 
 /// Turns a claimed row into an apalis task carrying its [`JobContext`]; an undecodable row is
@@ -255,10 +272,15 @@ fn to_task<Args: JobArgs>(shared: &Shared, row: &PgRow) -> Option<Task<Args>> {
     let kind: String = row.try_get("kind").unwrap_or_default();
     let attempt: i32 = row.try_get("attempt").unwrap_or(1);
     let max_attempts: i32 = row.try_get("max_attempts").unwrap_or(1);
-    let args: sqlx::types::Json<serde_json::Value> =
-        row.try_get("args").unwrap_or(sqlx::types::Json(serde_json::Value::Null));
+    let args: sqlx::types::Json<serde_json::Value> = row
+        .try_get("args")
+        .unwrap_or(sqlx::types::Json(serde_json::Value::Null));
     let cancellation = Cancellation::default();
-    shared.in_flight.lock().expect("in-flight lock").insert(id, cancellation.clone());
+    shared
+        .in_flight
+        .lock()
+        .expect("in-flight lock")
+        .insert(id, cancellation.clone());
     let ctx = JobContext {
         id,
         attempt,
@@ -281,7 +303,10 @@ fn to_task<Args: JobArgs>(shared: &Shared, row: &PgRow) -> Option<Task<Args>> {
             tracing::error!(job = id, %kind, %reason, "discarding a job that cannot be decoded");
             let _ = shared.acks.send(AckMessage::Outcome(Outcome {
                 ctx,
-                verdict: Verdict::Discard { message: reason, error_kind: "undecodable" },
+                verdict: Verdict::Discard {
+                    message: reason,
+                    error_kind: "undecodable",
+                },
             }));
             None
         }

@@ -32,7 +32,13 @@ pub(crate) async fn beat(shared: Arc<Shared>) {
 }
 
 async fn beat_once(shared: &Shared) -> Result<(), sqlx::Error> {
-    let ids: Vec<i64> = shared.in_flight.lock().expect("in-flight lock").keys().copied().collect();
+    let ids: Vec<i64> = shared
+        .in_flight
+        .lock()
+        .expect("in-flight lock")
+        .keys()
+        .copied()
+        .collect();
     if !ids.is_empty() {
         let cancelled: Vec<i64> = sqlx::query_scalar::<_, Option<i64>>(
             "update onboard.job set lease_expires_at = now() + $3 * interval '1 millisecond'
@@ -106,7 +112,9 @@ pub(crate) async fn listen(shared: Arc<Shared>, listening: oneshot::Sender<()>) 
             };
             match received {
                 Ok(Some(notification)) => match notification.channel() {
-                    JOB_CHANNEL if notification.payload() == shared.config.queue => shared.wake.notify_one(),
+                    JOB_CHANNEL if notification.payload() == shared.config.queue => {
+                        shared.wake.notify_one()
+                    }
                     CANCEL_CHANNEL => {
                         if let Ok(id) = notification.payload().parse::<i64>() {
                             signal_cancel(&shared, &[id]);

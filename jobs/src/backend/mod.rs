@@ -160,7 +160,10 @@ impl<Args: JobArgs> PgBackend<Args> {
         PgBackend {
             shared,
             tasks,
-            driver: Some(Driver { tasks: tasks_tx, acks }),
+            driver: Some(Driver {
+                tasks: tasks_tx,
+                acks,
+            }),
             closing: None,
         }
     }
@@ -171,14 +174,22 @@ impl<Args: JobArgs> PgBackend<Args> {
     }
 
     fn start(&mut self) {
-        let Some(driver) = self.driver.take() else { return };
+        let Some(driver) = self.driver.take() else {
+            return;
+        };
         let (listening_tx, listening_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(heartbeat::listen(self.shared.clone(), listening_tx));
         tokio::spawn(heartbeat::beat(self.shared.clone()));
         tokio::spawn(ack::run_acker(self.shared.clone(), driver.acks));
         let listening = listening_rx.shared();
         let fetchers = (0..self.shared.config.fetchers.max(1))
-            .map(|_| tokio::spawn(fetch::run_fetcher(self.shared.clone(), driver.tasks.clone(), listening.clone())))
+            .map(|_| {
+                tokio::spawn(fetch::run_fetcher(
+                    self.shared.clone(),
+                    driver.tasks.clone(),
+                    listening.clone(),
+                ))
+            })
             .collect();
         *self.shared.fetchers.lock().expect("fetcher lock") = fetchers;
     }
@@ -188,7 +199,11 @@ impl<Args: JobArgs> Backend for PgBackend<Args> {
     type Task = Task<Args>;
     type Error = sqlx::Error;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>, _worker: &WorkerContext) -> Poll<Result<(), Self::Error>> {
+    fn poll_ready(
+        &mut self,
+        _cx: &mut Context<'_>,
+        _worker: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
         self.start();
         Poll::Ready(Ok(()))
     }
@@ -202,7 +217,11 @@ impl<Args: JobArgs> Backend for PgBackend<Args> {
         self.tasks.poll_recv(cx).map(|task| task.map(Ok))
     }
 
-    fn poll_close(&mut self, cx: &mut Context<'_>, _worker: &WorkerContext) -> Poll<Result<(), Self::Error>> {
+    fn poll_close(
+        &mut self,
+        cx: &mut Context<'_>,
+        _worker: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
         if self.closing.is_none() {
             self.shared.stop.cancel();
             self.shared.wake.notify_one();

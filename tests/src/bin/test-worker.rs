@@ -15,13 +15,19 @@ async fn main() -> anyhow::Result<()> {
     let [_, url, queue, mode, rest @ ..] = args.as_slice() else {
         anyhow::bail!("usage: test-worker <database-url> <queue> <count|block> [lease-ms]");
     };
-    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(10).connect(url).await?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(10)
+        .connect(url)
+        .await?;
     if mode == "saga" {
         let [sandbox_url, timeout_ms, ..] = rest else {
-            anyhow::bail!("usage: test-worker <database-url> - saga <sandbox-url> <client-timeout-ms>");
+            anyhow::bail!(
+                "usage: test-worker <database-url> - saga <sandbox-url> <client-timeout-ms>"
+            );
         };
         let timeout = Duration::from_millis(timeout_ms.parse()?);
-        let providers = integration_tests::stack::provider_settings(sandbox_url, timeout).providers()?;
+        let providers =
+            integration_tests::stack::provider_settings(sandbox_url, timeout).providers()?;
         let (stop, worker) = integration_tests::stack::spawn_worker_runtime(pool, providers);
         println!("ready");
         tokio::signal::ctrl_c().await?;

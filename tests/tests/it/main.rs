@@ -1,8 +1,8 @@
 //! Integration tests: real PostgreSQL, real processes, real HTTP.
 
-mod queue;
-mod ingress;
-mod processes;
-mod plans;
 mod clerk_events;
+mod ingress;
+mod plans;
+mod processes;
+mod queue;
 mod saga;

@@ -25,10 +25,16 @@ async fn spawn_process(db: &TestDb, queue: &str, mode: &str, lease_ms: Option<u6
     if let Some(lease) = lease_ms {
         cmd.arg(lease.to_string());
     }
-    let mut child = cmd.stdout(Stdio::piped()).kill_on_drop(true).spawn().expect("spawn test-worker");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn test-worker");
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
-    let ready = tokio::time::timeout(DEADLINE, lines.next_line()).await.expect("worker ready in time");
+    let ready = tokio::time::timeout(DEADLINE, lines.next_line())
+        .await
+        .expect("worker ready in time");
     assert_eq!(ready.unwrap().as_deref(), Some("ready"));
     child
 }
@@ -44,23 +50,41 @@ async fn worker_killed_mid_job_has_its_job_rescued_after_the_lease_and_cannot_co
     let db = fresh_db().await;
     exec_log(&db).await;
     let mut conn = db.pool.acquire().await.unwrap();
-    let id = enqueue(&mut conn, &NewJob::new("victim", json!({})).queue("victims")).await.unwrap().id;
+    let id = enqueue(
+        &mut conn,
+        &NewJob::new("victim", json!({})).queue("victims"),
+    )
+    .await
+    .unwrap()
+    .id;
     let mut child = spawn_process(&db, "victims", "block", Some(1000)).await;
     let stale_owner: String = wait_for("the job to start in the child", DEADLINE, || async {
-        sqlx::query_scalar("select worker from exec_log where job_id = $1").bind(id).fetch_optional(&db.pool).await.unwrap()
+        sqlx::query_scalar("select worker from exec_log where job_id = $1")
+            .bind(id)
+            .fetch_optional(&db.pool)
+            .await
+            .unwrap()
     })
     .await;
     child.kill().await.unwrap(); // SIGKILL: no shutdown, no release, no ack.
     let (state, owner): (String, String) =
-        sqlx::query_as("select state::text, lease_owner from onboard.job where id = $1").bind(id).fetch_one(&db.pool).await.unwrap();
-    assert_eq!((state.as_str(), owner.as_str()), ("running", stale_owner.as_str()));
-
-    wait_for("the lease to expire", DEADLINE, || async {
-        let expired: bool = sqlx::query_scalar("select lease_expires_at < now() from onboard.job where id = $1")
+        sqlx::query_as("select state::text, lease_owner from onboard.job where id = $1")
             .bind(id)
             .fetch_one(&db.pool)
             .await
             .unwrap();
+    assert_eq!(
+        (state.as_str(), owner.as_str()),
+        ("running", stale_owner.as_str())
+    );
+
+    wait_for("the lease to expire", DEADLINE, || async {
+        let expired: bool =
+            sqlx::query_scalar("select lease_expires_at < now() from onboard.job where id = $1")
+                .bind(id)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
         expired.then_some(())
     })
     .await;
@@ -70,29 +94,45 @@ async fn worker_killed_mid_job_has_its_job_rescued_after_the_lease_and_cannot_co
     assert!(!jobs::complete(&mut conn, id, 1).await.unwrap());
 
     let pool = db.pool.clone();
-    let worker = spawn_worker(db.pool.clone(), QueueConfig::new("victims"), move |_, ctx| {
-        let pool = pool.clone();
-        async move {
-            sqlx::query("insert into exec_log values ($1, $2, $3)")
-                .bind(ctx.id)
-                .bind(ctx.attempt)
-                .bind(&ctx.worker)
-                .execute(&pool)
-                .await
-                .map_err(jobs::JobError::retry)?;
-            Ok(())
-        }
-    });
+    let worker = spawn_worker(
+        db.pool.clone(),
+        QueueConfig::new("victims"),
+        move |_, ctx| {
+            let pool = pool.clone();
+            async move {
+                sqlx::query("insert into exec_log values ($1, $2, $3)")
+                    .bind(ctx.id)
+                    .bind(ctx.attempt)
+                    .bind(&ctx.worker)
+                    .execute(&pool)
+                    .await
+                    .map_err(jobs::JobError::retry)?;
+                Ok(())
+            }
+        },
+    );
     wait_for("the rescued job to complete", DEADLINE, || async {
         (job_state(&db.pool, id).await == "completed").then_some(())
     })
     .await;
     worker.shutdown().await;
-    assert!(!jobs::complete(&mut conn, id, 1).await.unwrap(), "a stale completion stays fenced");
+    assert!(
+        !jobs::complete(&mut conn, id, 1).await.unwrap(),
+        "a stale completion stays fenced"
+    );
     let attempts: Vec<i32> =
-        sqlx::query_scalar("select attempt from exec_log where job_id = $1 order by attempt").bind(id).fetch_all(&db.pool).await.unwrap();
+        sqlx::query_scalar("select attempt from exec_log where job_id = $1 order by attempt")
+            .bind(id)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(attempts, [1, 2]);
-    let lost: String = sqlx::query_scalar("select errors[1]->>'kind' from onboard.job where id = $1").bind(id).fetch_one(&db.pool).await.unwrap();
+    let lost: String =
+        sqlx::query_scalar("select errors[1]->>'kind' from onboard.job where id = $1")
+            .bind(id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(lost, "lease_expired");
 }
 
@@ -100,7 +140,9 @@ async fn worker_killed_mid_job_has_its_job_rescued_after_the_lease_and_cannot_co
 async fn two_worker_processes_draining_ten_thousand_jobs_run_each_exactly_once() {
     let db = fresh_db().await;
     exec_log(&db).await;
-    let jobs: Vec<NewJob> = (0..10_000).map(|n| NewJob::new("count", json!({"n": n})).queue("drain")).collect();
+    let jobs: Vec<NewJob> = (0..10_000)
+        .map(|n| NewJob::new("count", json!({"n": n})).queue("drain"))
+        .collect();
     let mut conn = db.pool.acquire().await.unwrap();
     for chunk in jobs.chunks(2_000) {
         enqueue_many(&mut conn, chunk).await.unwrap();
@@ -108,21 +150,27 @@ async fn two_worker_processes_draining_ten_thousand_jobs_run_each_exactly_once()
     let a = spawn_process(&db, "drain", "count", None).await;
     let b = spawn_process(&db, "drain", "count", None).await;
     wait_for("all 10,000 jobs to complete", DEADLINE, || async {
-        let left: i64 = sqlx::query_scalar("select count(*) from onboard.job where state <> 'completed'")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+        let left: i64 =
+            sqlx::query_scalar("select count(*) from onboard.job where state <> 'completed'")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
         (left == 0).then_some(())
     })
     .await;
     interrupt(a).await;
     interrupt(b).await;
-    let (runs, distinct, workers): (i64, i64, i64) =
-        sqlx::query_as("select count(*), count(distinct job_id), count(distinct worker) from exec_log")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-    assert_eq!((runs, distinct), (10_000, 10_000), "each job ran exactly once");
+    let (runs, distinct, workers): (i64, i64, i64) = sqlx::query_as(
+        "select count(*), count(distinct job_id), count(distinct worker) from exec_log",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (runs, distinct),
+        (10_000, 10_000),
+        "each job ran exactly once"
+    );
     assert!(workers >= 1);
     println!("two processes: {workers} worker(s) shared the 10,000 jobs");
 }

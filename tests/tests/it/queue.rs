@@ -32,9 +32,14 @@ fn kinds(kind: &str, options: KindOptions) -> Kinds {
 async fn rollback_leaves_no_job() {
     let db = fresh_db().await;
     let mut tx = db.pool.begin().await.unwrap();
-    enqueue(&mut tx, &NewJob::new("noop", json!({}))).await.unwrap();
+    enqueue(&mut tx, &NewJob::new("noop", json!({})))
+        .await
+        .unwrap();
     tx.rollback().await.unwrap();
-    let count: i64 = sqlx::query_scalar("select count(*) from onboard.job").fetch_one(&db.pool).await.unwrap();
+    let count: i64 = sqlx::query_scalar("select count(*) from onboard.job")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(count, 0);
 }
 
@@ -43,13 +48,23 @@ async fn duplicate_unique_key_returns_the_first_id_and_the_transaction_still_com
     let db = fresh_db().await;
     let first = add(&db, NewJob::new("noop", json!({"n": 1})).unique_key("k1")).await;
     let mut tx = db.pool.begin().await.unwrap();
-    let again = enqueue(&mut tx, &NewJob::new("noop", json!({"n": 2})).unique_key("k1")).await.unwrap();
+    let again = enqueue(
+        &mut tx,
+        &NewJob::new("noop", json!({"n": 2})).unique_key("k1"),
+    )
+    .await
+    .unwrap();
     assert_eq!((again.id, again.duplicate), (first, true));
     // The transaction is still usable: another enqueue and the commit succeed.
-    let other = enqueue(&mut tx, &NewJob::new("noop", json!({})).unique_key("k2")).await.unwrap();
+    let other = enqueue(&mut tx, &NewJob::new("noop", json!({})).unique_key("k2"))
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     assert!(!other.duplicate);
-    let count: i64 = sqlx::query_scalar("select count(*) from onboard.job").fetch_one(&db.pool).await.unwrap();
+    let count: i64 = sqlx::query_scalar("select count(*) from onboard.job")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(count, 2);
 }
 
@@ -60,13 +75,20 @@ async fn unique_key_is_free_again_once_the_job_completes_unless_the_kind_widens_
     let mut widened = NewJob::new("noop", json!({})).unique_key("kept");
     widened.unique_completed = true;
     let kept = add(&db, widened.clone()).await;
-    let worker = spawn_worker(db.pool.clone(), QueueConfig::new("default"), |_, _| async { Ok(()) });
+    let worker = spawn_worker(db.pool.clone(), QueueConfig::new("default"), |_, _| async {
+        Ok(())
+    });
     wait_state(&db, first, "completed").await;
     wait_state(&db, kept, "completed").await;
     worker.shutdown().await;
 
     let mut conn = db.pool.acquire().await.unwrap();
-    let second = enqueue(&mut conn, &NewJob::new("noop", json!({})).unique_key("reuse")).await.unwrap();
+    let second = enqueue(
+        &mut conn,
+        &NewJob::new("noop", json!({})).unique_key("reuse"),
+    )
+    .await
+    .unwrap();
     assert!(!second.duplicate);
     assert_ne!(second.id, first);
     let again = enqueue(&mut conn, &widened).await.unwrap();
@@ -77,17 +99,28 @@ async fn unique_key_is_free_again_once_the_job_completes_unless_the_kind_widens_
 async fn failing_job_is_retryable_inside_its_backoff_window_and_discarded_after_max_attempts() {
     let db = fresh_db().await;
     let slow = KindOptions {
-        retry: RetryPolicy { base: Duration::from_secs(60), cap: Duration::from_secs(600), jitter: 0.1 },
+        retry: RetryPolicy {
+            base: Duration::from_secs(60),
+            cap: Duration::from_secs(600),
+            jitter: 0.1,
+        },
         ..Default::default()
     };
     let fast = KindOptions {
-        retry: RetryPolicy { base: Duration::from_millis(10), cap: Duration::from_millis(40), jitter: 0.1 },
+        retry: RetryPolicy {
+            base: Duration::from_millis(10),
+            cap: Duration::from_millis(40),
+            jitter: 0.1,
+        },
         ..Default::default()
     };
-    let config = QueueConfig::new("default").kinds(kinds("fails_slowly", slow).with("fails_fast", fast));
+    let config =
+        QueueConfig::new("default").kinds(kinds("fails_slowly", slow).with("fails_fast", fast));
     let slow_id = add(&db, NewJob::new("fails_slowly", json!({}))).await;
     let fast_id = add(&db, NewJob::new("fails_fast", json!({})).max_attempts(3)).await;
-    let worker = spawn_worker(db.pool.clone(), config, |_, _| async { Err(JobError::retry("boom")) });
+    let worker = spawn_worker(db.pool.clone(), config, |_, _| async {
+        Err(JobError::retry("boom"))
+    });
     wait_state(&db, slow_id, "retryable").await;
     wait_state(&db, fast_id, "discarded").await;
     worker.shutdown().await;
@@ -102,7 +135,10 @@ async fn failing_job_is_retryable_inside_its_backoff_window_and_discarded_after_
     .await
     .unwrap();
     let wait: f64 = row.get("wait");
-    assert!((53.9..=66.1).contains(&wait), "backoff {wait}s outside 60 s ± 10 %");
+    assert!(
+        (53.9..=66.1).contains(&wait),
+        "backoff {wait}s outside 60 s ± 10 %"
+    );
     assert_eq!(row.get::<i32, _>("attempt"), 1);
 
     let row = sqlx::query("select attempt, cardinality(errors) as n, errors[3]->>'message' as last from onboard.job where id = $1")
@@ -120,19 +156,30 @@ async fn panicking_handler_is_a_failed_attempt() {
     let db = fresh_db().await;
     let id = add(&db, NewJob::new("panics", json!({})).max_attempts(1)).await;
     let retried = add(&db, NewJob::new("panics", json!({})).max_attempts(5)).await;
-    let worker = spawn_worker(db.pool.clone(), QueueConfig::new("default").kinds(kinds(
-        "panics",
-        KindOptions { retry: RetryPolicy { base: Duration::from_secs(3600), ..Default::default() }, ..Default::default() },
-    )), |_, _| async { panic!("handler exploded") });
+    let worker = spawn_worker(
+        db.pool.clone(),
+        QueueConfig::new("default").kinds(kinds(
+            "panics",
+            KindOptions {
+                retry: RetryPolicy {
+                    base: Duration::from_secs(3600),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )),
+        |_, _| async { panic!("handler exploded") },
+    );
     wait_state(&db, id, "discarded").await;
     wait_state(&db, retried, "retryable").await;
     worker.shutdown().await;
-    let (kind, message): (String, String) =
-        sqlx::query_as("select errors[1]->>'kind', errors[1]->>'message' from onboard.job where id = $1")
-            .bind(id)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let (kind, message): (String, String) = sqlx::query_as(
+        "select errors[1]->>'kind', errors[1]->>'message' from onboard.job where id = $1",
+    )
+    .bind(id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     assert_eq!(kind, "panic");
     assert!(message.contains("handler exploded"), "{message}");
 }
@@ -143,14 +190,21 @@ async fn permanent_error_discards_at_once_and_snooze_does_not_use_an_attempt() {
     let permanent = add(&db, NewJob::new("permanent", json!({})).max_attempts(10)).await;
     let snoozed = add(&db, NewJob::new("snooze", json!({})).max_attempts(1)).await;
     let later = add(&db, NewJob::new("retry_after", json!({}))).await;
-    let worker = spawn_worker(db.pool.clone(), QueueConfig::new("default"), |job, ctx| async move {
-        match job.kind.as_str() {
-            "permanent" => Err(JobError::permanent("bad input")),
-            "snooze" if ctx.attempt == 1 => Err(JobError::Snooze(Duration::from_millis(50))),
-            "retry_after" => Err(JobError::RetryAfter(Duration::from_secs(3600), "429".into())),
-            _ => Ok(()),
-        }
-    });
+    let worker = spawn_worker(
+        db.pool.clone(),
+        QueueConfig::new("default"),
+        |job, ctx| async move {
+            match job.kind.as_str() {
+                "permanent" => Err(JobError::permanent("bad input")),
+                "snooze" if ctx.attempt == 1 => Err(JobError::Snooze(Duration::from_millis(50))),
+                "retry_after" => Err(JobError::RetryAfter(
+                    Duration::from_secs(3600),
+                    "429".into(),
+                )),
+                _ => Ok(()),
+            }
+        },
+    );
     wait_state(&db, permanent, "discarded").await;
     wait_state(&db, snoozed, "completed").await;
     wait_state(&db, later, "retryable").await;
@@ -162,11 +216,12 @@ async fn permanent_error_discards_at_once_and_snooze_does_not_use_an_attempt() {
         .unwrap();
     assert_eq!(attempt, 1);
     // max_attempts was 1, yet the snoozed job ran a second time and completed.
-    let (attempt, max): (i32, i32) = sqlx::query_as("select attempt, max_attempts from onboard.job where id = $1")
-        .bind(snoozed)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let (attempt, max): (i32, i32) =
+        sqlx::query_as("select attempt, max_attempts from onboard.job where id = $1")
+            .bind(snoozed)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!((attempt, max), (2, 2));
     let wait: f64 = sqlx::query_scalar(
         "select extract(epoch from run_at - (errors[1]->>'at')::timestamptz)::float8 from onboard.job where id = $1",
@@ -175,43 +230,70 @@ async fn permanent_error_discards_at_once_and_snooze_does_not_use_an_attempt() {
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    assert!((3590.0..=3610.0).contains(&wait), "Retry-After honoured: {wait}");
+    assert!(
+        (3590.0..=3610.0).contains(&wait),
+        "Retry-After honoured: {wait}"
+    );
 }
 
 #[tokio::test]
 async fn handler_that_completes_its_job_in_its_own_transaction_makes_the_ack_a_no_op() {
     let db = fresh_db().await;
-    sqlx::query("create table side_effect (job_id bigint primary key)").execute(&db.pool).await.unwrap();
+    sqlx::query("create table side_effect (job_id bigint primary key)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
     let id = add(&db, NewJob::new("in_tx", json!({}))).await;
     let pool = db.pool.clone();
-    let worker = spawn_worker(db.pool.clone(), QueueConfig::new("default"), move |_, ctx| {
-        let pool = pool.clone();
-        async move {
-            let mut tx = pool.begin().await.map_err(JobError::retry)?;
-            sqlx::query("insert into side_effect values ($1)").bind(ctx.id).execute(&mut *tx).await.map_err(JobError::retry)?;
-            assert!(jobs::complete(&mut tx, ctx.id, ctx.attempt).await.map_err(JobError::retry)?);
-            tx.commit().await.map_err(JobError::retry)?;
-            Ok(())
-        }
-    });
+    let worker = spawn_worker(
+        db.pool.clone(),
+        QueueConfig::new("default"),
+        move |_, ctx| {
+            let pool = pool.clone();
+            async move {
+                let mut tx = pool.begin().await.map_err(JobError::retry)?;
+                sqlx::query("insert into side_effect values ($1)")
+                    .bind(ctx.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(JobError::retry)?;
+                assert!(
+                    jobs::complete(&mut tx, ctx.id, ctx.attempt)
+                        .await
+                        .map_err(JobError::retry)?
+                );
+                tx.commit().await.map_err(JobError::retry)?;
+                Ok(())
+            }
+        },
+    );
     wait_state(&db, id, "completed").await;
     worker.shutdown().await;
     let mut conn = db.pool.acquire().await.unwrap();
     // A second completion of the same attempt is fenced: nothing changes.
     assert!(!jobs::complete(&mut conn, id, 1).await.unwrap());
-    let errors: i32 = sqlx::query_scalar("select cardinality(errors) from onboard.job where id = $1")
-        .bind(id)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let errors: i32 =
+        sqlx::query_scalar("select cardinality(errors) from onboard.job where id = $1")
+            .bind(id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(errors, 0);
 }
 
 #[tokio::test]
 async fn scheduled_job_without_notify_is_picked_up_by_the_timer() {
     let db = fresh_db().await;
-    sqlx::query("alter table onboard.job disable trigger job_notify").execute(&db.pool).await.unwrap();
-    let id = add(&db, NewJob::new("later", json!({})).run_at(chrono::Utc::now() + chrono::Duration::milliseconds(1500))).await;
+    sqlx::query("alter table onboard.job disable trigger job_notify")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let id = add(
+        &db,
+        NewJob::new("later", json!({}))
+            .run_at(chrono::Utc::now() + chrono::Duration::milliseconds(1500)),
+    )
+    .await;
     assert_eq!(job_state(&db.pool, id).await, "scheduled");
     // The fallback poll is an hour away: only the run_at timer can start the job.
     let mut config = QueueConfig::new("default");
@@ -219,19 +301,24 @@ async fn scheduled_job_without_notify_is_picked_up_by_the_timer() {
     let worker = spawn_worker(db.pool.clone(), config, |_, _| async { Ok(()) });
     wait_state(&db, id, "completed").await;
     worker.shutdown().await;
-    let late: bool = sqlx::query_scalar("select attempted_at >= run_at from onboard.job where id = $1")
-        .bind(id)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let late: bool =
+        sqlx::query_scalar("select attempted_at >= run_at from onboard.job where id = $1")
+            .bind(id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert!(late, "never started before its run_at");
 }
 
 #[tokio::test]
 async fn per_queue_cap_of_two_is_never_exceeded_across_two_workers() {
     let db = fresh_db().await;
-    admin::set_limits(&db.pool, "capped", Some(2), None).await.unwrap();
-    let jobs: Vec<NewJob> = (0..30).map(|n| NewJob::new("work", json!({"n": n})).queue("capped")).collect();
+    admin::set_limits(&db.pool, "capped", Some(2), None)
+        .await
+        .unwrap();
+    let jobs: Vec<NewJob> = (0..30)
+        .map(|n| NewJob::new("work", json!({"n": n})).queue("capped"))
+        .collect();
     let mut conn = db.pool.acquire().await.unwrap();
     let ids = jobs::enqueue_many(&mut conn, &jobs).await.unwrap();
     drop(conn);
@@ -264,7 +351,11 @@ async fn per_queue_cap_of_two_is_never_exceeded_across_two_workers() {
 }
 
 async fn fresh_pool(db: &TestDb) -> sqlx::PgPool {
-    sqlx::postgres::PgPoolOptions::new().max_connections(10).connect(&db.url).await.unwrap()
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(10)
+        .connect(&db.url)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -272,10 +363,15 @@ async fn paused_queue_is_not_fetched_until_resumed() {
     let db = fresh_db().await;
     admin::pause(&db.pool, "default").await.unwrap();
     let id = add(&db, NewJob::new("noop", json!({}))).await;
-    let worker = spawn_worker(db.pool.clone(), QueueConfig::new("default"), |_, _| async { Ok(()) });
+    let worker = spawn_worker(db.pool.clone(), QueueConfig::new("default"), |_, _| async {
+        Ok(())
+    });
     // The worker has fetched at least once (its heartbeat row exists) and left the job alone.
     wait_for("worker heartbeat", DEADLINE, || async {
-        let n: i64 = sqlx::query_scalar("select count(*) from onboard.worker").fetch_one(&db.pool).await.unwrap();
+        let n: i64 = sqlx::query_scalar("select count(*) from onboard.worker")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
         (n > 0).then_some(())
     })
     .await;
@@ -289,17 +385,30 @@ async fn paused_queue_is_not_fetched_until_resumed() {
 async fn cancel_stops_a_running_job_and_removes_a_waiting_one() {
     let db = fresh_db().await;
     let running = add(&db, NewJob::new("blocks", json!({}))).await;
-    let waiting = add(&db, NewJob::new("later", json!({})).run_at(chrono::Utc::now() + chrono::Duration::hours(1))).await;
+    let waiting = add(
+        &db,
+        NewJob::new("later", json!({})).run_at(chrono::Utc::now() + chrono::Duration::hours(1)),
+    )
+    .await;
     let worker = spawn_worker(db.pool.clone(), QueueConfig::new("default"), |_, _| async {
         std::future::pending::<()>().await;
         Ok(())
     });
     wait_state(&db, running, "running").await;
-    assert_eq!(admin::cancel(&db.pool, running).await.unwrap(), jobs::JobState::Running);
-    assert_eq!(admin::cancel(&db.pool, waiting).await.unwrap(), jobs::JobState::Cancelled);
+    assert_eq!(
+        admin::cancel(&db.pool, running).await.unwrap(),
+        jobs::JobState::Running
+    );
+    assert_eq!(
+        admin::cancel(&db.pool, waiting).await.unwrap(),
+        jobs::JobState::Cancelled
+    );
     wait_state(&db, running, "cancelled").await;
     worker.shutdown().await;
-    assert!(matches!(admin::discard(&db.pool, waiting).await, Err(admin::AdminError::WrongState { .. })));
+    assert!(matches!(
+        admin::discard(&db.pool, waiting).await,
+        Err(admin::AdminError::WrongState { .. })
+    ));
     admin::retry_now(&db.pool, waiting).await.unwrap();
     assert_eq!(job_state(&db.pool, waiting).await, "available");
 }
@@ -308,7 +417,9 @@ async fn cancel_stops_a_running_job_and_removes_a_waiting_one() {
 async fn worker_recovers_after_its_database_connections_are_killed() {
     let db = fresh_db().await;
     let first = add(&db, NewJob::new("noop", json!({}))).await;
-    let worker = spawn_worker(db.pool.clone(), QueueConfig::new("default"), |_, _| async { Ok(()) });
+    let worker = spawn_worker(db.pool.clone(), QueueConfig::new("default"), |_, _| async {
+        Ok(())
+    });
     wait_state(&db, first, "completed").await;
     let admin_pool = fresh_pool(&db).await;
     sqlx::query("select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()")
@@ -316,7 +427,10 @@ async fn worker_recovers_after_its_database_connections_are_killed() {
         .await
         .unwrap();
     let mut conn = admin_pool.acquire().await.unwrap();
-    let second = enqueue(&mut conn, &NewJob::new("noop", json!({}))).await.unwrap().id;
+    let second = enqueue(&mut conn, &NewJob::new("noop", json!({})))
+        .await
+        .unwrap()
+        .id;
     drop(conn);
     wait_state(&db, second, "completed").await;
     worker.shutdown().await;
@@ -325,7 +439,9 @@ async fn worker_recovers_after_its_database_connections_are_killed() {
 #[tokio::test]
 async fn graceful_shutdown_hands_back_claimed_jobs_it_never_started() {
     let db = fresh_db().await;
-    let jobs: Vec<NewJob> = (0..50).map(|n| NewJob::new("slow", json!({"n": n}))).collect();
+    let jobs: Vec<NewJob> = (0..50)
+        .map(|n| NewJob::new("slow", json!({"n": n})))
+        .collect();
     let mut conn = db.pool.acquire().await.unwrap();
     jobs::enqueue_many(&mut conn, &jobs).await.unwrap();
     drop(conn);
@@ -336,15 +452,18 @@ async fn graceful_shutdown_hands_back_claimed_jobs_it_never_started() {
     let counter = started.clone();
     // A concurrency of 1 in apalis leaves most claimed jobs waiting in the backend's buffer.
     let worker = {
+        use apalis::layers::WorkerBuilderExt;
         use apalis_core::monitor::Monitor;
         use apalis_core::worker::builder::WorkerBuilder;
-        use apalis::layers::WorkerBuilderExt;
         let pool = db.pool.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let monitor = Monitor::new().register(move |_| {
             let counter = counter.clone();
             WorkerBuilder::new("slow")
-                .backend(jobs::PgBackend::<jobs::AnyJob>::new(pool.clone(), config.clone()))
+                .backend(jobs::PgBackend::<jobs::AnyJob>::new(
+                    pool.clone(),
+                    config.clone(),
+                ))
                 .concurrency(1)
                 .build(move |_job: jobs::AnyJob| {
                     let counter = counter.clone();
@@ -361,19 +480,32 @@ async fn graceful_shutdown_hands_back_claimed_jobs_it_never_started() {
         }));
         (stop, handle)
     };
-    wait_for("first job to start", DEADLINE, || async { (started.load(Ordering::SeqCst) > 0).then_some(()) }).await;
+    wait_for("first job to start", DEADLINE, || async {
+        (started.load(Ordering::SeqCst) > 0).then_some(())
+    })
+    .await;
     let _ = worker.0.send(());
     let _ = tokio::time::timeout(DEADLINE, worker.1).await;
-    let rows: Vec<(String, i64)> = sqlx::query_as("select state::text, count(*) from onboard.job group by 1 order by 1")
-        .fetch_all(&db.pool)
-        .await
-        .unwrap();
-    assert!(rows.iter().all(|(state, _)| state == "available" || state == "completed"), "{rows:?}");
-    let available: i64 = sqlx::query_scalar("select count(*) from onboard.job where state = 'available' and attempt = 0")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert!(available > 0, "unstarted jobs are available again, their claim undone");
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("select state::text, count(*) from onboard.job group by 1 order by 1")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert!(
+        rows.iter()
+            .all(|(state, _)| state == "available" || state == "completed"),
+        "{rows:?}"
+    );
+    let available: i64 = sqlx::query_scalar(
+        "select count(*) from onboard.job where state = 'available' and attempt = 0",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        available > 0,
+        "unstarted jobs are available again, their claim undone"
+    );
 }
 
 #[tokio::test]
@@ -395,15 +527,25 @@ async fn retention_deletes_only_finished_jobs_past_their_age() {
     let mut conn = db.pool.acquire().await.unwrap();
     let deleted = Retention::default().run_once(&mut conn).await.unwrap();
     assert_eq!(deleted, 3);
-    let left: Vec<String> = sqlx::query_scalar("select kind from onboard.job order by kind").fetch_all(&db.pool).await.unwrap();
-    assert_eq!(left, ["new_completed", "new_discarded", "scheduled", "waiting"]);
+    let left: Vec<String> = sqlx::query_scalar("select kind from onboard.job order by kind")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        left,
+        ["new_completed", "new_discarded", "scheduled", "waiting"]
+    );
 }
 
 #[tokio::test]
 async fn periodic_job_is_enqueued_once_per_tick_across_replicas() {
     let db = fresh_db().await;
     let scheduler = Scheduler {
-        jobs: vec![PeriodicJob { name: "sweep".into(), every: Duration::from_secs(3600), job: NewJob::new("sweep", json!({})) }],
+        jobs: vec![PeriodicJob {
+            name: "sweep".into(),
+            every: Duration::from_secs(3600),
+            job: NewJob::new("sweep", json!({})),
+        }],
     };
     let replicas: Vec<_> = (0..4)
         .map(|_| {
@@ -421,7 +563,10 @@ async fn periodic_job_is_enqueued_once_per_tick_across_replicas() {
         total += replica.await.unwrap();
     }
     assert_eq!(total, 1);
-    let count: i64 = sqlx::query_scalar("select count(*) from onboard.job where kind = 'sweep'").fetch_one(&db.pool).await.unwrap();
+    let count: i64 = sqlx::query_scalar("select count(*) from onboard.job where kind = 'sweep'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(count, 1);
 }
 
@@ -439,12 +584,17 @@ async fn lease_reaper_rescues_only_expired_running_jobs() {
     .unwrap();
     let mut conn = db.pool.acquire().await.unwrap();
     assert_eq!(LeaseReaper::default().run_once(&mut conn).await.unwrap(), 2);
-    let states: Vec<(String, String)> = sqlx::query_as("select kind, state::text from onboard.job order by kind")
-        .fetch_all(&db.pool)
-        .await
-        .unwrap();
+    let states: Vec<(String, String)> =
+        sqlx::query_as("select kind, state::text from onboard.job order by kind")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(
         states,
-        [("alive".into(), "running".into()), ("expired".into(), "retryable".into()), ("last_try".into(), "discarded".into())]
+        [
+            ("alive".into(), "running".into()),
+            ("expired".into(), "retryable".into()),
+            ("last_try".into(), "discarded".into())
+        ]
     );
 }
