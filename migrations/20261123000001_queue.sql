@@ -40,7 +40,6 @@ create index job_running_idx on onboard.job (queue, lease_expires_at)
 -- Retention and the dashboard's finished lists.
 create index job_finalized_idx on onboard.job (state, finalized_at)
     where finalized_at is not null;
-create index job_kind_idx on onboard.job (kind, id);
 -- Unique keys among live jobs (and completed ones where the kind widens it).
 create unique index job_unique_key_idx on onboard.job (unique_key)
     where unique_key is not null

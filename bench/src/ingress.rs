@@ -129,6 +129,79 @@ async fn replay(
     Ok(total)
 }
 
+/// Writes a request file for `peers-bench/ingress/loadgen/replay.lua`: a shared timestamp, the
+/// body around the org id, then one `svix-id, signature, org id` line per request.
+fn request_file(path: &std::path::Path, count: usize, offset: usize) -> anyhow::Result<()> {
+    use std::io::Write;
+    const PLACEHOLDER: &str = "ORG_ID_PLACEHOLDER_XXXXXXXXX";
+    let mut event = fixture()?;
+    event["data"]["id"] = Value::String(PLACEHOLDER.into());
+    let body = serde_json::to_string(&event)?;
+    let (pre, suf) = body.split_once(PLACEHOLDER).expect("placeholder in body");
+    let timestamp = chrono::Utc::now().timestamp();
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(out, "ts\t{timestamp}")?;
+    writeln!(out, "pre\t{pre}")?;
+    writeln!(out, "suf\t{suf}")?;
+    for i in 0..count {
+        let n = offset + i;
+        let org = format!("org_wrk{n:021}");
+        debug_assert_eq!(org.len(), PLACEHOLDER.len());
+        let id = format!("msg_wrk{n:021}");
+        let signature = ingress::send::sign(
+            SECRET,
+            &id,
+            timestamp,
+            format!("{pre}{org}{suf}").as_bytes(),
+        )?;
+        writeln!(out, "{id}\t{signature}\t{org}")?;
+    }
+    Ok(())
+}
+
+/// wrk's JSON summary line from replay.lua.
+fn wrk(
+    url: &str,
+    concurrency: usize,
+    seconds: u64,
+    file: &std::path::Path,
+) -> anyhow::Result<Value> {
+    let script = peers_bench().join("ingress/loadgen/replay.lua");
+    let out = std::process::Command::new("wrk")
+        .args([
+            "-t1",
+            &format!("-c{concurrency}"),
+            &format!("-d{seconds}s"),
+            "--timeout",
+            "10s",
+            "-s",
+        ])
+        .arg(&script)
+        .arg(url)
+        .arg("--")
+        .arg(file)
+        .args(["1", "count"])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("JSON "))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no JSON line from wrk: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+    Ok(serde_json::from_str(line)?)
+}
+
+fn have_wrk() -> bool {
+    std::process::Command::new("wrk")
+        .arg("--version")
+        .output()
+        .is_ok()
+}
+
 fn percentile(samples: &mut [f64], p: f64) -> f64 {
     if samples.is_empty() {
         return f64::NAN;
@@ -147,11 +220,20 @@ async fn fresh(server: &Server) -> anyhow::Result<sqlx::PgPool> {
         .execute(&mut admin)
         .await?;
     let pool = PgPoolOptions::new()
+        // A ping before every checkout costs a round trip per request; a broken connection
+        // fails its query instead and the pool replaces it.
+        .test_before_acquire(false)
         .max_connections(32)
         .acquire_timeout(Duration::from_secs(2))
         .connect(&server.url("bench_ingress"))
         .await?;
     jobs::db::migrate(&pool).await?;
+    if let Ok(sql) = std::env::var("BENCH_INGRESS_SQL") {
+        // For experiments: e.g. drop an index to see what it costs.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await?;
+    }
     sqlx::raw_sql("checkpoint").execute(&pool).await?;
     Ok(pool)
 }
@@ -229,25 +311,68 @@ fn floor(server: &Server, concurrency: u32) -> anyhow::Result<f64> {
 pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
     let mut figures = Vec::new();
     let mut offset = 0;
-    for concurrency in [1usize, 16, 64] {
+    let levels: Vec<usize> = std::env::var("BENCH_CONCURRENCY")
+        .ok()
+        .map(|v| v.split(',').filter_map(|c| c.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 16, 64]);
+    for concurrency in levels {
         eprintln!("floor: floor_1rt.sql at concurrency {concurrency} …");
         let floor_rate = floor(server, concurrency as u32)?;
         let floor_cfg = format!("pgbench floor_1rt.sql c={concurrency} T={SECONDS}s");
 
         eprintln!("ours at concurrency {concurrency} …");
         let pool = fresh(server).await?;
-        let count = 15_000 * (SECONDS as usize + 3) * if concurrency == 1 { 1 } else { 2 } / 2;
-        let batch = Arc::new(deliveries(count, offset)?);
-        offset += count;
         let secrets = ingress::WebhookSecrets::parse(&SECRET.to_owned().into())?;
         let mut settings = ingress::Settings::new(secrets);
         settings.ingress_addr = "127.0.0.1:0".parse()?;
         settings.dashboard_addr = None;
         let running = ingress::spawn(pool.clone(), &settings).await?;
         let url = format!("http://{}/webhooks/clerk", running.ingress_addr);
-        let mut run = replay(url, batch, concurrency).await?;
+        let (rate, mut run) = if have_wrk() {
+            // wrk (as the peers were measured): a light C client, 1 thread, C connections.
+            let dir = std::env::temp_dir();
+            let (warm, main) = (
+                dir.join("onboard-bench-warm.req"),
+                dir.join("onboard-bench-main.req"),
+            );
+            let per_second = if concurrency == 1 { 4_000 } else { 16_000 };
+            request_file(&warm, per_second * WARMUP.as_secs() as usize, offset)?;
+            request_file(&main, per_second * SECONDS as usize, offset + 1_000_000)?;
+            offset += 2_000_000;
+            let (url, warm_path, main_path) = (url.clone(), warm.clone(), main.clone());
+            let summary = tokio::task::spawn_blocking(move || -> anyhow::Result<Value> {
+                wrk(&url, concurrency, WARMUP.as_secs(), &warm_path)?;
+                wrk(&url, concurrency, SECONDS, &main_path)
+            })
+            .await??;
+            anyhow::ensure!(
+                summary["wrapped"] == 0,
+                "wrk ran out of distinct deliveries: {summary}"
+            );
+            let _ = std::fs::remove_file(&warm);
+            let _ = std::fs::remove_file(&main);
+            let latencies = vec![
+                summary["p50_ms"].as_f64().unwrap_or_default(),
+                summary["p90_ms"].as_f64().unwrap_or_default(),
+                summary["p99_ms"].as_f64().unwrap_or_default(),
+            ];
+            let run = Run {
+                requests: summary["requests"].as_u64().unwrap_or_default() as usize,
+                non_2xx: summary["non2xx"].as_u64().unwrap_or_default() as usize,
+                latencies_ms: latencies,
+            };
+            (summary["rps"].as_f64().unwrap_or_default(), run)
+        } else {
+            eprintln!(
+                "(wrk not found: using an in-process reqwest load generator, which costs more CPU)"
+            );
+            let count = 15_000 * (SECONDS as usize + 3) * if concurrency == 1 { 1 } else { 2 } / 2;
+            let batch = Arc::new(deliveries(count, offset)?);
+            offset += count;
+            let run = replay(url, batch, concurrency).await?;
+            (run.requests as f64 / SECONDS as f64, run)
+        };
         let _ = running.shutdown().await;
-        let rate = run.requests as f64 / SECONDS as f64;
         let stored: i64 = sqlx::query_scalar("select count(*) from onboard.inbox")
             .fetch_one(&pool)
             .await?;
@@ -268,10 +393,18 @@ pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
             floor_config: floor_cfg.clone(),
             target: "≥0.6×".into(),
         });
-        for (p, label) in [(50.0, "p50"), (90.0, "p90"), (99.0, "p99")] {
+        let from_wrk = have_wrk();
+        for (i, (p, label)) in [(50.0, "p50"), (90.0, "p90"), (99.0, "p99")]
+            .into_iter()
+            .enumerate()
+        {
             figures.push(Figure {
                 figure: format!("{name}_{label}"),
-                value: percentile(&mut run.latencies_ms, p),
+                value: if from_wrk {
+                    run.latencies_ms[i]
+                } else {
+                    percentile(&mut run.latencies_ms, p)
+                },
                 unit: "ms",
                 floor: None,
                 floor_config: String::new(),

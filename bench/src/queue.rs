@@ -26,6 +26,9 @@ async fn fresh(server: &Server) -> anyhow::Result<PgPool> {
         .execute(&mut admin)
         .await?;
     let pool = PgPoolOptions::new()
+        // A ping before every checkout costs a round trip per request; a broken connection
+        // fails its query instead and the pool replaces it.
+        .test_before_acquire(false)
         .max_connections(32)
         .connect(&server.url("bench_queue"))
         .await?;
@@ -41,8 +44,9 @@ fn worker_config() -> QueueConfig {
             .unwrap_or(default)
     };
     let mut config = QueueConfig::new("default");
-    config.batch_size = env("BENCH_BATCH", 100);
-    config.max_in_flight = env("BENCH_IN_FLIGHT", 400);
+    config.batch_size = env("BENCH_BATCH", 200);
+    config.max_in_flight = env("BENCH_IN_FLIGHT", 800);
+    config.fetchers = env("BENCH_FETCHERS", config.fetchers);
     config
 }
 

@@ -27,6 +27,9 @@ impl Default for PoolSettings {
 /// Opens a pool; the first connection is made lazily so a process can start before the database.
 pub fn connect_lazy(url: &str, settings: &PoolSettings) -> Result<PgPool, sqlx::Error> {
     PgPoolOptions::new()
+        // A ping before every checkout costs a round trip per request; a broken connection
+        // fails its query instead and the pool replaces it.
+        .test_before_acquire(false)
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout)
         .connect_lazy(url)
@@ -35,6 +38,9 @@ pub fn connect_lazy(url: &str, settings: &PoolSettings) -> Result<PgPool, sqlx::
 /// Opens a pool and checks that the database answers.
 pub async fn connect(url: &str, settings: &PoolSettings) -> Result<PgPool, sqlx::Error> {
     PgPoolOptions::new()
+        // A ping before every checkout costs a round trip per request; a broken connection
+        // fails its query instead and the pool replaces it.
+        .test_before_acquire(false)
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout)
         .connect(url)
