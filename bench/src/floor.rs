@@ -16,7 +16,7 @@ pub fn peers_bench() -> PathBuf {
         })
 }
 
-fn psql(server: &Server, db: &str, sql: &str) -> anyhow::Result<String> {
+pub(crate) fn psql(server: &Server, db: &str, sql: &str) -> anyhow::Result<String> {
     let out = Command::new(server.bin_dir.join("psql"))
         .args([
             "-qAt",
@@ -39,7 +39,7 @@ fn psql(server: &Server, db: &str, sql: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-fn psql_file(server: &Server, db: &str, file: &std::path::Path) -> anyhow::Result<()> {
+pub(crate) fn psql_file(server: &Server, db: &str, file: &std::path::Path) -> anyhow::Result<()> {
     let out = Command::new(server.bin_dir.join("psql"))
         .args([
             "-qAt",
@@ -66,7 +66,7 @@ fn psql_file(server: &Server, db: &str, file: &std::path::Path) -> anyhow::Resul
     Ok(())
 }
 
-fn fresh_database(server: &Server, db: &str) -> anyhow::Result<()> {
+pub(crate) fn fresh_database(server: &Server, db: &str) -> anyhow::Result<()> {
     psql(server, "postgres", &format!("drop database if exists {db}"))?;
     psql(server, "postgres", &format!("create database {db}"))?;
     Ok(())
@@ -80,6 +80,18 @@ fn pgbench(
     clients: u32,
     n: u32,
     seconds: u32,
+) -> anyhow::Result<f64> {
+    pgbench_with(server, db, script, clients, seconds, &format!("n={n}"))
+}
+
+/// Runs `pgbench -n -M prepared -c C -j min(C,2) -T T -D define -f script`; returns its TPS.
+pub(crate) fn pgbench_with(
+    server: &Server,
+    db: &str,
+    script: &std::path::Path,
+    clients: u32,
+    seconds: u32,
+    define: &str,
 ) -> anyhow::Result<f64> {
     let threads = clients.min(2);
     let out = Command::new(server.bin_dir.join("pgbench"))
@@ -102,7 +114,7 @@ fn pgbench(
             "-T",
             &seconds.to_string(),
         ])
-        .args(["-D", &format!("n={n}"), "-f"])
+        .args(["-D", define, "-f"])
         .arg(script)
         .arg(db)
         .output()

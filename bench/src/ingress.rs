@@ -241,71 +241,19 @@ async fn fresh(server: &Server) -> anyhow::Result<sqlx::PgPool> {
 fn floor(server: &Server, concurrency: u32) -> anyhow::Result<f64> {
     let dir = peers_bench().join("ingress");
     let db = "floor_ingress";
-    let psql = |database: &str, args: &[&str]| -> anyhow::Result<()> {
-        let out = std::process::Command::new(server.bin_dir.join("psql"))
-            .args([
-                "-qAt",
-                "-h",
-                &server.host,
-                "-p",
-                &server.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                database,
-            ])
-            .args(args)
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "psql: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
-    };
-    psql(
-        "postgres",
-        &["-c", &format!("drop database if exists {db}")],
-    )?;
-    psql("postgres", &["-c", &format!("create database {db}")])?;
-    psql(db, &["-f", &dir.join("schema.sql").to_string_lossy()])?;
-    psql(db, &["-c", "checkpoint"])?;
+    crate::floor::fresh_database(server, db)?;
+    crate::floor::psql_file(server, db, &dir.join("schema.sql"))?;
+    crate::floor::psql(server, db, "checkpoint")?;
     let payload = serde_json::to_string(&fixture()?)?;
-    let out = std::process::Command::new(server.bin_dir.join("pgbench"))
-        .args([
-            "-n",
-            "-M",
-            "prepared",
-            "-h",
-            &server.host,
-            "-p",
-            &server.port.to_string(),
-            "-U",
-            "postgres",
-        ])
-        .args([
-            "-c",
-            &concurrency.to_string(),
-            "-j",
-            &concurrency.min(2).to_string(),
-            "-T",
-            &SECONDS.to_string(),
-        ])
-        .args(["-D", &format!("payload={payload}"), "-f"])
-        .arg(dir.join("pgbench/floor_1rt.sql"))
-        .arg(db)
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| l.strip_prefix("tps = "))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "pgbench failed: {text}{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
+    let script = dir.join("pgbench/floor_1rt.sql");
+    crate::floor::pgbench_with(
+        server,
+        db,
+        &script,
+        concurrency,
+        SECONDS as u32,
+        &format!("payload={payload}"),
+    )
 }
 
 pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {

@@ -7,6 +7,7 @@
 mod floor;
 mod ingress;
 mod queue;
+mod saga;
 
 use jobs::local_pg::{Durability, LocalPostgres};
 
@@ -113,7 +114,11 @@ async fn main() -> anyhow::Result<()> {
             let figures = ingress::run(&server).await?;
             print("ingress", &figures);
         }
-        other => anyhow::bail!("unknown bench `{other}`; try `queue` or `ingress`"),
+        "saga" => {
+            let figures = saga::run(&server).await?;
+            print("saga", &figures);
+        }
+        other => anyhow::bail!("unknown bench `{other}`; try `queue`, `ingress` or `saga`"),
     }
     Ok(())
 }

@@ -16,19 +16,15 @@ fn dev_dir() -> Option<PathBuf> {
 }
 
 fn sandbox_providers(base: &str) -> anyhow::Result<worker::app::ProviderSettings> {
-    let base = reqwest::Url::parse(base)?;
     let dev = sandbox::SandboxConfig::default();
-    Ok(worker::app::ProviderSettings {
-        twilio_base_url: base.clone(),
-        twilio_account_sid: dev.twilio_account_sid.clone(),
-        twilio_auth_token: dev.twilio_auth_token.clone().into(),
-        resend_base_url: base.clone(),
-        resend_api_key: dev.resend_api_key.clone().into(),
-        email_from: "Onboard <onboarding@example.com>".into(),
-        clerk_base_url: base,
-        clerk_secret_key: dev.clerk_secret_key.clone().into(),
-        timeout: worker::provider::DEFAULT_TIMEOUT,
-    })
+    worker::app::ProviderSettings::on_one_host(
+        base,
+        &dev.twilio_account_sid,
+        &dev.twilio_auth_token,
+        &dev.resend_api_key,
+        &dev.clerk_secret_key,
+        worker::provider::DEFAULT_TIMEOUT,
+    )
 }
 
 pub async fn run() -> anyhow::Result<()> {

@@ -45,19 +45,16 @@ impl Default for StackOptions {
 
 /// Provider settings pointing at the sandbox.
 pub fn provider_settings(sandbox_url: &str, timeout: Duration) -> worker::app::ProviderSettings {
-    let base = reqwest::Url::parse(sandbox_url).expect("sandbox url");
     let dev = sandbox::SandboxConfig::default();
-    worker::app::ProviderSettings {
-        twilio_base_url: base.clone(),
-        twilio_account_sid: dev.twilio_account_sid.clone(),
-        twilio_auth_token: dev.twilio_auth_token.clone().into(),
-        resend_base_url: base.clone(),
-        resend_api_key: dev.resend_api_key.clone().into(),
-        email_from: "Onboard <onboarding@example.com>".into(),
-        clerk_base_url: base,
-        clerk_secret_key: dev.clerk_secret_key.clone().into(),
+    worker::app::ProviderSettings::on_one_host(
+        sandbox_url,
+        &dev.twilio_account_sid,
+        &dev.twilio_auth_token,
+        &dev.resend_api_key,
+        &dev.clerk_secret_key,
         timeout,
-    }
+    )
+    .expect("sandbox provider settings")
 }
 
 /// Runs the worker with every job kind against `pool` until `stop` fires.

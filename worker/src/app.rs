@@ -74,6 +74,29 @@ impl ProviderSettings {
         })
     }
 
+    /// Every provider at one base URL (the sandbox), with these credentials.
+    pub fn on_one_host(
+        base_url: &str,
+        twilio_account_sid: &str,
+        twilio_auth_token: &str,
+        resend_api_key: &str,
+        clerk_secret_key: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let base = Url::parse(base_url).with_context(|| format!("{base_url} is not a URL"))?;
+        Ok(ProviderSettings {
+            twilio_base_url: base.clone(),
+            twilio_account_sid: twilio_account_sid.to_owned(),
+            twilio_auth_token: twilio_auth_token.to_owned().into(),
+            resend_base_url: base.clone(),
+            resend_api_key: resend_api_key.to_owned().into(),
+            email_from: "Onboard <onboarding@example.com>".into(),
+            clerk_base_url: base,
+            clerk_secret_key: clerk_secret_key.to_owned().into(),
+            timeout,
+        })
+    }
+
     /// Builds the clients.
     pub fn providers(&self) -> anyhow::Result<Providers> {
         let mut twilio = TwilioConfig::new(

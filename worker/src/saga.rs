@@ -61,6 +61,16 @@ impl From<sqlx::Error> for StepError {
     }
 }
 
+impl From<StepError> for JobError {
+    fn from(error: StepError) -> Self {
+        match error {
+            StepError::Permanent(message) => JobError::Permanent(message),
+            StepError::Retry(message, Some(after)) => JobError::RetryAfter(after, message),
+            StepError::Retry(message, None) => JobError::Retry(message),
+        }
+    }
+}
+
 fn retry(error: impl std::fmt::Display) -> JobError {
     JobError::retry(error)
 }
@@ -226,10 +236,7 @@ async fn run_step(
                 .await
                 .map_err(retry)?;
             tx.commit().await.map_err(retry)?;
-            Err(match after {
-                Some(delay) => JobError::RetryAfter(delay, message),
-                None => JobError::Retry(message),
-            })
+            Err(StepError::Retry(message, after).into())
         }
         Err(StepError::Retry(message, _) | StepError::Permanent(message)) => {
             tracing::error!(onboarding = id, step, %message, "step failed for good");
@@ -449,10 +456,7 @@ async fn run_undo(
         }
         Err(StepError::Retry(message, after)) if ctx.attempt < ctx.max_attempts => {
             tx.commit().await.map_err(retry)?;
-            Err(match after {
-                Some(delay) => JobError::RetryAfter(delay, message),
-                None => JobError::Retry(message),
-            })
+            Err(StepError::Retry(message, after).into())
         }
         Err(StepError::Retry(message, _) | StepError::Permanent(message)) => {
             saga::compensation_failed(&mut tx, id, step, &message)
@@ -549,15 +553,7 @@ async fn sync_metadata(
         .await
     {
         Ok(()) => Ok(()),
-        Err(error) => Err(provider_job_error(error)),
-    }
-}
-
-fn provider_job_error(error: ProviderError) -> JobError {
-    match StepError::from(error) {
-        StepError::Permanent(message) => JobError::Permanent(message),
-        StepError::Retry(message, Some(after)) => JobError::RetryAfter(after, message),
-        StepError::Retry(message, None) => JobError::Retry(message),
+        Err(error) => Err(StepError::from(error).into()),
     }
 }
 
@@ -590,10 +586,7 @@ async fn offboard(
     }
     let closed = close_subaccounts(&providers.twilio, &org)
         .await
-        .map_err(|e| match e {
-            StepError::Permanent(message) => JobError::Permanent(message),
-            StepError::Retry(message, _) => JobError::Retry(message),
-        })?;
+        .map_err(JobError::from)?;
     sqlx::query("update onboard.organization set onboarding_status = 'deleted', updated_at = now() where clerk_org_id = $1")
         .bind(&org)
         .execute(&mut *tx)

@@ -391,3 +391,46 @@ async fn worker_killed_between_the_twilio_create_and_its_commit_leaves_one_subac
     assert_eq!(active_subaccounts(&stack, org).await, 1);
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn operator_retry_of_a_failed_welcome_email_completes_the_saga_after_heal() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let (org, user) = ("org_retry1", "user_retry1");
+    stack.deliver(&user_created(user, "fail@retry.test")).await;
+    stack
+        .deliver(&organization_created(org, "retry", user))
+        .await;
+    stack.wait_saga(org, "completed_with_errors").await;
+    stack.wait_idle().await;
+    let id: i64 = sqlx::query_scalar("select id from onboard.onboarding where clerk_org_id = $1")
+        .bind(org)
+        .fetch_one(&stack.db.pool)
+        .await
+        .unwrap();
+    // Retrying a saga that did not fail that way is refused.
+    let mut tx = stack.db.pool.begin().await.unwrap();
+    assert!(matches!(
+        jobs::saga::restart(&mut tx, id).await,
+        Err(jobs::saga::SagaError::WrongState { .. })
+    ));
+    drop(tx);
+
+    stack.sandbox.heal("fail@retry.test").await;
+    let mut tx = stack.db.pool.begin().await.unwrap();
+    jobs::saga::retry(&mut tx, id).await.unwrap();
+    tx.commit().await.unwrap();
+    stack.wait_saga(org, "completed").await;
+    stack.wait_idle().await;
+    let sent = stack.effects("send_email", "fail@retry.test").await;
+    assert_eq!(
+        sent.iter().filter(|(status, _)| *status == 200).count(),
+        1,
+        "{sent:?}"
+    );
+    assert_eq!(
+        active_subaccounts(&stack, org).await,
+        1,
+        "nothing was undone"
+    );
+    stack.stop().await;
+}
