@@ -274,7 +274,10 @@ pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
         let mut settings = ingress::Settings::new(secrets);
         settings.ingress_addr = "127.0.0.1:0".parse()?;
         settings.dashboard_addr = None;
-        if let Some(ms) = std::env::var("BENCH_NOTIFY_EVERY_MS").ok().and_then(|v| v.parse().ok()) {
+        if let Some(ms) = std::env::var("BENCH_NOTIFY_EVERY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
             settings.notify_every = Duration::from_millis(ms);
         }
         let running = ingress::spawn(pool.clone(), &settings).await?;

@@ -20,6 +20,11 @@ pub const STEPS: [&str; 4] = [
 pub const FIRST_STEP_KIND: &str = "onboarding.create_org_record";
 /// Attempts of a step job before it is discarded (and the saga compensates).
 pub const STEP_MAX_ATTEMPTS: i32 = 10;
+/// The step jobs' `max_attempts`: one more than [`STEP_MAX_ATTEMPTS`]. The handler gives up
+/// itself at its last real attempt; the extra one only settles the saga (compensate) when that
+/// last attempt ended outside the handler's control (timeout, panic, lost lease), so a step job
+/// is never discarded by the runtime behind the saga's back.
+pub const STEP_JOB_MAX_ATTEMPTS: i32 = STEP_MAX_ATTEMPTS + 1;
 
 /// A value that failed to parse; the message says what was expected (never echoes secrets).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -233,7 +238,7 @@ async fn start_with_inbox(
             .bind(&STEPS[..])
             .bind(FIRST_STEP_KIND)
             .bind(QUEUE)
-            .bind(STEP_MAX_ATTEMPTS)
+            .bind(STEP_JOB_MAX_ATTEMPTS)
             .bind(STEPS[0])
             .bind(inbox_id)
             .fetch_optional(&mut *conn)

@@ -9,7 +9,7 @@
 use serde_json::{Value, json};
 use sqlx::{PgConnection, Row};
 
-use crate::onboarding::{QUEUE, STEP_MAX_ATTEMPTS, STEPS};
+use crate::onboarding::{QUEUE, STEP_JOB_MAX_ATTEMPTS, STEPS};
 use crate::{NewJob, enqueue};
 
 /// The queue the welcome email goes to (capped at the provider's rate).
@@ -205,14 +205,14 @@ fn step_job(saga_id: i64, step: &str) -> NewJob {
     };
     NewJob::new(step_kind(step), json!({ "onboarding_id": saga_id }))
         .queue(queue)
-        .max_attempts(STEP_MAX_ATTEMPTS)
+        .max_attempts(STEP_JOB_MAX_ATTEMPTS)
         .unique_key(format!("onboarding:{saga_id}:{step}"))
 }
 
 fn undo_job(saga_id: i64, step: &str) -> NewJob {
     NewJob::new(undo_kind(step), json!({ "onboarding_id": saga_id }))
         .queue(QUEUE)
-        .max_attempts(STEP_MAX_ATTEMPTS)
+        .max_attempts(STEP_JOB_MAX_ATTEMPTS)
         .unique_key(format!("onboarding:{saga_id}:undo_{step}"))
 }
 
@@ -354,7 +354,7 @@ async fn finish(conn: &mut PgConnection, id: i64, state: &str) -> Result<(), sql
             json!({ "onboarding_id": id, "state": state }),
         )
         .queue(QUEUE)
-        .max_attempts(STEP_MAX_ATTEMPTS)
+        .max_attempts(STEP_JOB_MAX_ATTEMPTS)
         .unique_key(format!("onboarding:{id}:sync:{state}")),
     )
     .await?;

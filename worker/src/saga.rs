@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobs::onboarding::{QUEUE, STEPS};
+use jobs::onboarding::{QUEUE, STEP_MAX_ATTEMPTS, STEPS};
 use jobs::saga::{self, EMAIL_QUEUE, OFFBOARD_KIND, SYNC_METADATA_KIND, Saga};
 use jobs::{AnyJob, JobContext, JobError, KindOptions, Kinds, QueueConfig, RetryPolicy};
 use serde_json::{Value, json};
@@ -80,7 +80,7 @@ fn retry(error: impl std::fmt::Display) -> JobError {
 fn kinds() -> Kinds {
     Kinds::new(KindOptions {
         queue: QUEUE.to_owned(),
-        max_attempts: jobs::onboarding::STEP_MAX_ATTEMPTS,
+        max_attempts: jobs::onboarding::STEP_JOB_MAX_ATTEMPTS,
         retry: RetryPolicy {
             base: Duration::from_secs(1),
             cap: Duration::from_secs(300),
@@ -192,6 +192,12 @@ async fn start_onboarding(pool: PgPool, job: AnyJob, ctx: JobContext) -> Result<
     Ok(())
 }
 
+fn give_up(step: &str) -> StepError {
+    StepError::Permanent(format!(
+        "{step} gave up after {STEP_MAX_ATTEMPTS} attempts; the last ended without an answer (timeout, panic or lost lease)"
+    ))
+}
+
 fn saga_id(job: &AnyJob) -> Result<i64, JobError> {
     job.args["onboarding_id"]
         .as_i64()
@@ -218,8 +224,13 @@ async fn run_step(
             .map_err(retry)?;
         return tx.commit().await.map_err(retry);
     }
-    saga::step_started(&mut tx, id, step).await.map_err(retry)?;
-    let result = perform(&mut tx, &providers, step, &saga).await;
+    let result = if ctx.attempt > STEP_MAX_ATTEMPTS {
+        // The last real attempt ended outside this handler (timeout, panic, lost lease).
+        Err(give_up(step))
+    } else {
+        saga::step_started(&mut tx, id, step).await.map_err(retry)?;
+        perform(&mut tx, &providers, step, &saga).await
+    };
     match result {
         Ok(output) => {
             saga::step_succeeded(&mut tx, &saga, step, &output)
@@ -230,7 +241,7 @@ async fn run_step(
                 .map_err(retry)?;
             tx.commit().await.map_err(retry)
         }
-        Err(StepError::Retry(message, after)) if ctx.attempt < ctx.max_attempts => {
+        Err(StepError::Retry(message, after)) if ctx.attempt < STEP_MAX_ATTEMPTS => {
             tracing::warn!(onboarding = id, step, %message, "step attempt failed; retrying");
             saga::step_attempt_failed(&mut tx, id, step, &message)
                 .await
@@ -443,7 +454,11 @@ async fn run_undo(
             .map_err(retry)?;
         return tx.commit().await.map_err(retry);
     }
-    let result = undo(&mut tx, &providers, step, &saga).await;
+    let result = if ctx.attempt > STEP_MAX_ATTEMPTS {
+        Err(give_up(step))
+    } else {
+        undo(&mut tx, &providers, step, &saga).await
+    };
     match result {
         Ok(output) => {
             saga::compensation_succeeded(&mut tx, id, step, &output)
@@ -454,7 +469,7 @@ async fn run_undo(
                 .map_err(retry)?;
             tx.commit().await.map_err(retry)
         }
-        Err(StepError::Retry(message, after)) if ctx.attempt < ctx.max_attempts => {
+        Err(StepError::Retry(message, after)) if ctx.attempt < STEP_MAX_ATTEMPTS => {
             tx.commit().await.map_err(retry)?;
             Err(StepError::Retry(message, after).into())
         }

@@ -434,3 +434,53 @@ async fn operator_retry_of_a_failed_welcome_email_completes_the_saga_after_heal(
     );
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn a_step_whose_last_attempt_ended_outside_its_handler_still_settles_the_saga() {
+    let stack = Stack::start(StackOptions {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
+    let org = "org_settle1";
+    stack
+        .deliver(&organization_created(org, "settle", "user_settle1"))
+        .await;
+    let inbox_id: i64 = sqlx::query_scalar(
+        "select id from onboard.inbox where event_type = 'organization.created'",
+    )
+    .fetch_one(&stack.db.pool)
+    .await
+    .unwrap();
+    let mut tx = stack.db.pool.begin().await.unwrap();
+    jobs::onboarding::start_from_inbox(&mut tx, inbox_id)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    // As if every real attempt of step 1 had timed out: the next one is the settling attempt.
+    sqlx::query("update onboard.job set attempt = $1 where kind = 'onboarding.create_org_record'")
+        .bind(jobs::onboarding::STEP_MAX_ATTEMPTS)
+        .execute(&stack.db.pool)
+        .await
+        .unwrap();
+    let providers = integration_tests::stack::provider_settings(
+        &stack.sandbox.base_url(),
+        Duration::from_millis(700),
+    )
+    .providers()
+    .unwrap();
+    let (stop, worker) =
+        integration_tests::stack::spawn_worker_runtime(stack.db.pool.clone(), providers);
+    stack.wait_saga(org, "compensated").await;
+    let _ = stop.send(());
+    let _ = worker.await;
+    let (state, message): (String, String) = sqlx::query_as(
+        "select state::text, errors[cardinality(errors)]->>'message' from onboard.job where kind = 'onboarding.create_org_record'",
+    )
+    .fetch_one(&stack.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(state, "discarded");
+    assert!(message.contains("gave up"), "{message}");
+    stack.stop().await;
+}
