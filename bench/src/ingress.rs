@@ -380,3 +380,43 @@ pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
     }
     Ok(figures)
 }
+
+/// Diagnostic: the ingress's database statement alone (`inbox::receive` on a pooled
+/// connection), from `concurrency` tasks for `SECONDS`, without HTTP, signatures or parsing.
+pub async fn database_only(server: &Server, concurrency: usize) -> anyhow::Result<f64> {
+    let pool = fresh(server).await?;
+    let template = fixture()?;
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let end = Instant::now() + Duration::from_secs(SECONDS);
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (pool, template, next) = (pool.clone(), template.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0usize;
+            while Instant::now() < end {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut event = template.clone();
+                event["data"]["id"] = Value::String(format!("org_db{n:09}"));
+                let body = serde_json::to_string(&event)?;
+                let envelope = jobs::inbox::ClerkEnvelope::parse(body.as_bytes())?;
+                let id = jobs::inbox::SvixId::parse(&format!("msg_db{n:09}"))?;
+                let mut conn = pool.acquire().await?;
+                let entry = jobs::inbox::InboxEntry {
+                    svix_id: &id,
+                    svix_timestamp: 1,
+                    svix_signature: "v1,x",
+                    payload: &body,
+                    envelope: &envelope,
+                };
+                jobs::inbox::receive(&mut conn, entry).await?;
+                done += 1;
+            }
+            anyhow::Ok(done)
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await??;
+    }
+    Ok(total as f64 / SECONDS as f64)
+}

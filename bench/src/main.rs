@@ -114,6 +114,12 @@ async fn main() -> anyhow::Result<()> {
             let figures = ingress::run(&server).await?;
             print("ingress", &figures);
         }
+        "ingress-db" => {
+            for concurrency in [1, 16, 64] {
+                let rate = ingress::database_only(&server, concurrency).await?;
+                println!("inbox::receive alone, concurrency {concurrency}: {rate:.0}/s");
+            }
+        }
         "saga" => {
             let figures = saga::run(&server).await?;
             print("saga", &figures);
