@@ -289,7 +289,7 @@ pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
                 dir.join("onboard-bench-warm.req"),
                 dir.join("onboard-bench-main.req"),
             );
-            let per_second = if concurrency == 1 { 4_000 } else { 16_000 };
+            let per_second = if concurrency == 1 { 5_000 } else { 30_000 };
             request_file(&warm, per_second * WARMUP.as_secs() as usize, offset)?;
             request_file(&main, per_second * SECONDS as usize, offset + 1_000_000)?;
             offset += 2_000_000;

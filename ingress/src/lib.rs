@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod error;
+pub mod inbox_writer;
 pub mod metrics;
 pub mod send;
 pub mod settings;

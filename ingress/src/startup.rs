@@ -1,6 +1,7 @@
 //! Building and running the ingress: its shared state, the public and internal routers, one
 //! span per request with a request id, and the listeners (port 0 in tests).
 
+use crate::inbox_writer::InboxWriter;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,6 +35,7 @@ struct Inner {
     public_url: String,
     db_timeout: Duration,
     coalescer: Arc<Coalescer>,
+    writer: InboxWriter,
 }
 
 /// What every handler shares: the pool, the secrets, the clock, the metrics and the wake-up
@@ -63,6 +65,7 @@ impl AppState {
     pub fn with_clock(pool: PgPool, settings: &Settings, clock: Clock) -> Self {
         AppState(Arc::new(Inner {
             coalescer: Coalescer::spawn(pool.clone(), settings.notify_every),
+            writer: InboxWriter::spawn(pool.clone()),
             pool,
             secrets: settings.webhook_secrets.clone(),
             clock,
@@ -87,6 +90,11 @@ impl AppState {
     /// sends no NOTIFY of its own; DESIGN.md §3, notify sparingly).
     pub fn coalescer(&self) -> &Coalescer {
         &self.0.coalescer
+    }
+
+    /// The group-commit writer webhook deliveries are stored through.
+    pub fn writer(&self) -> &InboxWriter {
+        &self.0.writer
     }
 
     pub(crate) fn secrets(&self) -> &WebhookSecrets {

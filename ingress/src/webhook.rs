@@ -8,7 +8,7 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use jobs::inbox::{self, ClerkEnvelope, InboxEntry, ReceiveError, RejectedDelivery};
+use jobs::inbox::{self, ClerkEnvelope, InboxEntry, OwnedEntry, ReceiveError, RejectedDelivery};
 
 use crate::error::ApiError;
 use crate::signature::SvixHeaders;
@@ -47,7 +47,6 @@ pub async fn receive_clerk_webhook(
     let started = Instant::now();
     let received = state
         .db(async {
-            let mut conn = state.pool().acquire().await.map_err(ApiError::database)?;
             let entry = InboxEntry {
                 svix_id: &svix.id,
                 svix_timestamp: svix.timestamp,
@@ -55,7 +54,7 @@ pub async fn receive_clerk_webhook(
                 payload,
                 envelope: &envelope,
             };
-            match inbox::receive(&mut conn, entry).await {
+            match state.writer().receive(OwnedEntry::from_entry(&entry)).await {
                 Ok(received) => Ok(Ok(received)),
                 Err(ReceiveError::Unstorable(reason)) => Ok(Err(reason)),
                 Err(ReceiveError::Database(e)) => Err(ApiError::database(e)),

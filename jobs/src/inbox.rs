@@ -339,6 +339,136 @@ pub async fn receive(
     }
 }
 
+/// A delivery to store, owned: what [`receive_many`] takes.
+#[derive(Debug, Clone)]
+pub struct OwnedEntry {
+    /// `svix-id`.
+    pub svix_id: String,
+    /// The event type.
+    pub event_type: String,
+    /// The raw body, as text.
+    pub payload: String,
+    /// This attempt's `svix-timestamp`.
+    pub svix_timestamp: i64,
+    /// This attempt's `svix-signature`.
+    pub svix_signature: String,
+    /// The job kind, or `None` for an ignored type.
+    pub kind: Option<&'static str>,
+}
+
+impl OwnedEntry {
+    /// Owns a borrowed entry.
+    pub fn from_entry(entry: &InboxEntry<'_>) -> Self {
+        OwnedEntry {
+            svix_id: entry.svix_id.as_str().to_owned(),
+            event_type: entry.envelope.event_type.clone(),
+            payload: entry.payload.to_owned(),
+            svix_timestamp: entry.svix_timestamp,
+            svix_signature: entry.svix_signature.to_owned(),
+            kind: match entry.envelope.route {
+                Route::Job(kind) => Some(kind),
+                Route::Ignore => None,
+            },
+        }
+    }
+}
+
+// Many deliveries in ONE statement (one round trip, one commit). Rows are inserted in svix-id
+// order so two concurrent batches lock shared ids in the same order (no deadlock); a svix-id
+// twice in one batch is stored once.
+const RECEIVE_MANY: &str = "
+with quiet as materialized (
+    select set_config('onboard.notify', 'off', true)
+),
+batch as (
+    select distinct on (svix_id) svix_id, event_type, payload, svix_timestamp, svix_signature, kind
+      from unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[])
+           with ordinality as b(svix_id, event_type, payload, svix_timestamp, svix_signature, kind, n)
+     order by svix_id, n
+),
+inbox_rows as (
+    insert into onboard.inbox (svix_id, event_type, payload, svix_timestamp, svix_signature, ignored)
+    select svix_id, event_type, payload::jsonb, svix_timestamp, svix_signature, kind is null
+      from batch, quiet
+     order by svix_id
+    on conflict (svix_id) do nothing
+    returning id, svix_id
+),
+job_rows as (
+    insert into onboard.job (kind, queue, args, max_attempts)
+    select b.kind, $7, jsonb_build_object('inbox_id', i.id, 'svix_id', i.svix_id), $8
+      from inbox_rows i join batch b on b.svix_id = i.svix_id
+     where b.kind is not null
+    returning id, args->>'svix_id' as svix_id
+)
+select i.svix_id, i.id, j.id from inbox_rows i left join job_rows j on j.svix_id = i.svix_id";
+
+/// Stores many verified deliveries in one statement; the result is [`receive`]'s for each,
+/// in order, as if they had been stored one after another. A payload PostgreSQL refuses fails
+/// the whole statement: the caller then stores the deliveries one by one to isolate it.
+pub async fn receive_many(
+    conn: &mut PgConnection,
+    entries: &[OwnedEntry],
+) -> Result<Vec<Received>, ReceiveError> {
+    let rows: Result<Vec<(String, i64, Option<i64>)>, sqlx::Error> = sqlx::query_as(RECEIVE_MANY)
+        .bind(
+            entries
+                .iter()
+                .map(|e| e.svix_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            entries
+                .iter()
+                .map(|e| e.event_type.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            entries
+                .iter()
+                .map(|e| e.payload.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(entries.iter().map(|e| e.svix_timestamp).collect::<Vec<_>>())
+        .bind(
+            entries
+                .iter()
+                .map(|e| e.svix_signature.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(entries.iter().map(|e| e.kind).collect::<Vec<_>>())
+        .bind(QUEUE)
+        .bind(MAX_ATTEMPTS)
+        .fetch_all(&mut *conn)
+        .await;
+    let mut stored: std::collections::HashMap<String, (i64, Option<i64>)> = match rows {
+        Ok(rows) => rows
+            .into_iter()
+            .map(|(id, inbox, job)| (id, (inbox, job)))
+            .collect(),
+        Err(sqlx::Error::Database(e)) if e.code().is_some_and(|c| c.starts_with("22")) => {
+            return Err(ReceiveError::Unstorable(e.message().to_owned()));
+        }
+        Err(e) => return Err(ReceiveError::Database(e)),
+    };
+    // The first entry of a svix-id gets the new rows; any repeat is a duplicate.
+    Ok(entries
+        .iter()
+        .map(|entry| match stored.remove(&entry.svix_id) {
+            Some((inbox_id, job_id)) => Received {
+                new: true,
+                inbox_id: Some(inbox_id),
+                job_id,
+            },
+            None => Received {
+                new: false,
+                inbox_id: None,
+                job_id: None,
+            },
+        })
+        .collect())
+}
+
 /// A signed delivery that is not a Clerk envelope.
 #[derive(Debug, Clone)]
 pub struct RejectedDelivery<'a> {

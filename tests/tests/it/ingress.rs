@@ -1873,3 +1873,59 @@ async fn a_failed_round_is_retried_until_the_database_answers() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn deliveries_stored_together_each_get_their_rows_and_a_bad_one_is_rejected_alone() {
+    use jobs::inbox::{OwnedEntry, ReceiveError};
+    let db = fresh_db().await;
+    let writer = ingress::inbox_writer::InboxWriter::spawn(db.pool.clone());
+    let entry = |id: String, payload: &str| OwnedEntry {
+        svix_id: id,
+        event_type: "user.created".into(),
+        payload: payload.to_owned(),
+        svix_timestamp: 1,
+        svix_signature: "v1,x".into(),
+        kind: Some("clerk.user.created"),
+    };
+    let good = r#"{"type":"user.created","data":{"id":"user_1"}}"#;
+    let bad = r#"{"type":"user.created","data":{"first_name":"a\u0000b"}}"#;
+    // 40 distinct deliveries, each sent twice, and one PostgreSQL cannot store, all at once.
+    let mut calls = Vec::new();
+    for n in 0..80 {
+        let writer = writer.clone();
+        let e = entry(format!("msg_batch{}", n % 40), good);
+        calls.push(tokio::spawn(async move { writer.receive(e).await }));
+    }
+    let bad_call = {
+        let writer = writer.clone();
+        let e = entry("msg_batch_bad".into(), bad);
+        tokio::spawn(async move { writer.receive(e).await })
+    };
+    let mut new = 0;
+    for call in calls {
+        if call.await.unwrap().unwrap().new {
+            new += 1;
+        }
+    }
+    assert_eq!(new, 40, "each svix-id is new exactly once");
+    assert!(matches!(
+        bad_call.await.unwrap(),
+        Err(ReceiveError::Unstorable(_))
+    ));
+    assert_eq!(
+        count(&db.pool, "select count(*) from onboard.inbox").await,
+        40
+    );
+    assert_eq!(
+        count(&db.pool, "select count(*) from onboard.job").await,
+        40
+    );
+    assert_eq!(
+        count(
+            &db.pool,
+            "select count(distinct args->>'inbox_id') from onboard.job"
+        )
+        .await,
+        40
+    );
+}
