@@ -192,6 +192,23 @@ async fn start_onboarding(pool: PgPool, job: AnyJob, ctx: JobContext) -> Result<
     Ok(())
 }
 
+/// Discards this attempt's own job in the transaction that recorded the failure, and commits:
+/// the runtime's later acknowledgement of the attempt is then a fenced no-op.
+async fn discard_and_commit(
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    ctx: &JobContext,
+    message: String,
+) -> JobError {
+    let done = async {
+        jobs::discard(&mut tx, ctx.id, ctx.attempt, &message).await?;
+        tx.commit().await
+    };
+    match done.await {
+        Ok(()) => JobError::Permanent(message),
+        Err(error) => retry(error),
+    }
+}
+
 fn give_up(step: &str) -> StepError {
     StepError::Permanent(format!(
         "{step} gave up after {STEP_MAX_ATTEMPTS} attempts; the last ended without an answer (timeout, panic or lost lease)"
@@ -254,11 +271,7 @@ async fn run_step(
             saga::step_failed(&mut tx, &saga, step, &message)
                 .await
                 .map_err(retry)?;
-            jobs::discard(&mut tx, ctx.id, ctx.attempt, &message)
-                .await
-                .map_err(retry)?;
-            tx.commit().await.map_err(retry)?;
-            Err(JobError::Permanent(message))
+            Err(discard_and_commit(tx, &ctx, message).await)
         }
     }
 }
@@ -477,11 +490,7 @@ async fn run_undo(
             saga::compensation_failed(&mut tx, id, step, &message)
                 .await
                 .map_err(retry)?;
-            jobs::discard(&mut tx, ctx.id, ctx.attempt, &message)
-                .await
-                .map_err(retry)?;
-            tx.commit().await.map_err(retry)?;
-            Err(JobError::Permanent(message))
+            Err(discard_and_commit(tx, &ctx, message).await)
         }
     }
 }
