@@ -16,7 +16,8 @@ pub fn peers_bench() -> PathBuf {
         })
 }
 
-pub(crate) fn psql(server: &Server, db: &str, sql: &str) -> anyhow::Result<String> {
+/// Runs psql on `db` with `args` (`-c SQL` or `-f FILE`); returns its trimmed output.
+fn run_psql(server: &Server, db: &str, args: &[&std::ffi::OsStr]) -> anyhow::Result<String> {
     let out = Command::new(server.bin_dir.join("psql"))
         .args([
             "-qAt",
@@ -28,9 +29,8 @@ pub(crate) fn psql(server: &Server, db: &str, sql: &str) -> anyhow::Result<Strin
             "postgres",
             "-d",
             db,
-            "-c",
-            sql,
         ])
+        .args(args)
         .output()
         .context("running psql")?;
     if !out.status.success() {
@@ -39,31 +39,14 @@ pub(crate) fn psql(server: &Server, db: &str, sql: &str) -> anyhow::Result<Strin
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
+/// Runs one SQL command on `db`; returns its output.
+pub(crate) fn psql(server: &Server, db: &str, sql: &str) -> anyhow::Result<String> {
+    run_psql(server, db, &["-c".as_ref(), sql.as_ref()])
+}
+
+/// Runs a SQL file on `db`.
 pub(crate) fn psql_file(server: &Server, db: &str, file: &std::path::Path) -> anyhow::Result<()> {
-    let out = Command::new(server.bin_dir.join("psql"))
-        .args([
-            "-qAt",
-            "-h",
-            &server.host,
-            "-p",
-            &server.port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            db,
-            "-f",
-        ])
-        .arg(file)
-        .output()
-        .context("running psql")?;
-    if !out.status.success() {
-        bail!(
-            "psql -f {} failed: {}",
-            file.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
+    run_psql(server, db, &["-f".as_ref(), file.as_os_str()]).map(drop)
 }
 
 pub(crate) fn fresh_database(server: &Server, db: &str) -> anyhow::Result<()> {

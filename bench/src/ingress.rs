@@ -263,6 +263,7 @@ pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
         .ok()
         .map(|v| v.split(',').filter_map(|c| c.parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 16, 64]);
+    let from_wrk = have_wrk();
     for concurrency in levels {
         eprintln!("floor: floor_1rt.sql at concurrency {concurrency} …");
         let floor_rate = floor(server, concurrency as u32)?;
@@ -282,7 +283,7 @@ pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
         }
         let running = ingress::spawn(pool.clone(), &settings).await?;
         let url = format!("http://{}/webhooks/clerk", running.ingress_addr);
-        let (rate, mut run) = if have_wrk() {
+        let (rate, mut run) = if from_wrk {
             // wrk (as the peers were measured): a light C client, 1 thread, C connections.
             let dir = std::env::temp_dir();
             let (warm, main) = (
@@ -347,7 +348,6 @@ pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
             floor_config: floor_cfg.clone(),
             target: "≥0.6×".into(),
         });
-        let from_wrk = have_wrk();
         for (i, (p, label)) in [(50.0, "p50"), (90.0, "p90"), (99.0, "p99")]
             .into_iter()
             .enumerate()

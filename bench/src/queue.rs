@@ -162,22 +162,45 @@ fn micros_now() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
 
-/// Enqueue→handler-start latency on a trickle of `n` jobs `gap` apart, from another connection.
-async fn latency(pool: &PgPool, n: usize, gap: Duration) -> anyhow::Result<(f64, f64)> {
-    let samples = Arc::new(Mutex::new(Vec::with_capacity(n)));
+type Samples = Arc<Mutex<Vec<f64>>>;
+
+/// A worker that records, per job, its start time minus the microsecond timestamp `args.t`.
+async fn start_sampling(pool: &PgPool, n: usize) -> (Running, Samples) {
+    let samples: Samples = Arc::new(Mutex::new(Vec::with_capacity(n)));
     let sink = samples.clone();
     let running = start_workers(pool, 1, worker_config(), move |job, _| {
         let sink = sink.clone();
         async move {
-            let sent = job.args["t"].as_i64().unwrap_or_default();
+            let t = job.args["t"].as_i64().unwrap_or_default();
             sink.lock()
                 .unwrap()
-                .push((micros_now() - sent) as f64 / 1000.0);
+                .push((micros_now() - t) as f64 / 1000.0);
             Ok(())
         }
     });
     // Let the worker reach its idle wait first.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    (running, samples)
+}
+
+/// Waits for `n` samples, stops the worker, and returns their p50 and p99 in ms.
+async fn finish_sampling(
+    running: Running,
+    samples: Samples,
+    n: usize,
+) -> anyhow::Result<(f64, f64)> {
+    wait_samples(&samples, n).await?;
+    stop(running).await;
+    let mut samples = samples.lock().unwrap().clone();
+    Ok((
+        percentile(&mut samples, 50.0),
+        percentile(&mut samples, 99.0),
+    ))
+}
+
+/// Enqueue→handler-start latency on a trickle of `n` jobs `gap` apart, from another connection.
+async fn latency(pool: &PgPool, n: usize, gap: Duration) -> anyhow::Result<(f64, f64)> {
+    let (running, samples) = start_sampling(pool, n).await;
     let mut producer = pool.acquire().await?;
     for _ in 0..n {
         let started = Instant::now();
@@ -188,30 +211,12 @@ async fn latency(pool: &PgPool, n: usize, gap: Duration) -> anyhow::Result<(f64,
         .await?;
         tokio::time::sleep(gap.saturating_sub(started.elapsed())).await;
     }
-    wait_samples(&samples, n).await?;
-    stop(running).await;
-    let mut samples = samples.lock().unwrap().clone();
-    Ok((
-        percentile(&mut samples, 50.0),
-        percentile(&mut samples, 99.0),
-    ))
+    finish_sampling(running, samples, n).await
 }
 
 /// Lateness of scheduled jobs: handler start minus `run_at`.
 async fn lateness(pool: &PgPool, n: usize) -> anyhow::Result<(f64, f64)> {
-    let samples = Arc::new(Mutex::new(Vec::with_capacity(n)));
-    let sink = samples.clone();
-    let running = start_workers(pool, 1, worker_config(), move |job, _| {
-        let sink = sink.clone();
-        async move {
-            let due = job.args["due"].as_i64().unwrap_or_default();
-            sink.lock()
-                .unwrap()
-                .push((micros_now() - due) as f64 / 1000.0);
-            Ok(())
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (running, samples) = start_sampling(pool, n).await;
     let mut conn = pool.acquire().await?;
     let base = chrono::Utc::now() + chrono::Duration::milliseconds(500);
     let jobs: Vec<NewJob> = (0..n)
@@ -220,17 +225,11 @@ async fn lateness(pool: &PgPool, n: usize) -> anyhow::Result<(f64, f64)> {
                 + chrono::Duration::milliseconds(
                     i as i64 * 4000 / n as i64 + (i as i64 * 7919) % 13,
                 );
-            NewJob::new("due", json!({"due": due.timestamp_micros()})).run_at(due)
+            NewJob::new("due", json!({"t": due.timestamp_micros()})).run_at(due)
         })
         .collect();
     enqueue_many(&mut conn, &jobs).await?;
-    wait_samples(&samples, n).await?;
-    stop(running).await;
-    let mut samples = samples.lock().unwrap().clone();
-    Ok((
-        percentile(&mut samples, 50.0),
-        percentile(&mut samples, 99.0),
-    ))
+    finish_sampling(running, samples, n).await
 }
 
 async fn wait_samples(samples: &Mutex<Vec<f64>>, n: usize) -> anyhow::Result<()> {

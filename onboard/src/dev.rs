@@ -63,7 +63,7 @@ pub async fn run() -> anyhow::Result<()> {
     let ingress = ingress::spawn(pool.clone(), &settings)
         .await
         .context("starting the ingress")?;
-    let (_, api_key) = jobs::api_key::create(&pool, &format!("dev-{}", uuid_suffix())).await?;
+    let (_, api_key) = jobs::api_key::create(&pool, &format!("dev-{}", std::process::id())).await?;
 
     worker::app::configure_queues(&pool).await?;
     let registry = worker::app::registry(pool.clone(), providers.providers()?);
@@ -71,10 +71,7 @@ pub async fn run() -> anyhow::Result<()> {
     let worker = tokio::spawn(worker::runtime::run(
         pool.clone(),
         registry,
-        worker::runtime::WorkerSettings {
-            maintenance: worker::app::maintenance(),
-            ..Default::default()
-        },
+        worker::runtime::WorkerSettings::default(),
         async move {
             let _ = stopped.await;
         },
@@ -116,8 +113,4 @@ pub async fn run() -> anyhow::Result<()> {
     sandbox.shutdown().await;
     drop(postgres);
     Ok(())
-}
-
-fn uuid_suffix() -> String {
-    format!("{:x}", std::process::id())
 }

@@ -89,7 +89,7 @@ async fn main() -> anyhow::Result<()> {
             worker::runtime::run(
                 pool,
                 registry,
-                worker_settings(),
+                worker::runtime::WorkerSettings::default(),
                 worker::runtime::shutdown_signal(),
             )
             .await
@@ -172,9 +172,14 @@ async fn serve() -> anyhow::Result<()> {
     };
     let worker = {
         let mut stopped = stop.subscribe();
-        worker::runtime::run(pool, registry, worker_settings(), async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        })
+        worker::runtime::run(
+            pool,
+            registry,
+            worker::runtime::WorkerSettings::default(),
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        )
     };
     let signal = async {
         worker::runtime::shutdown_signal().await;
@@ -182,13 +187,6 @@ async fn serve() -> anyhow::Result<()> {
     };
     let (_, ingress, worker) = tokio::join!(signal, ingress, worker);
     ingress.and(worker)
-}
-
-fn worker_settings() -> worker::runtime::WorkerSettings {
-    worker::runtime::WorkerSettings {
-        maintenance: worker::app::maintenance(),
-        ..Default::default()
-    }
 }
 
 async fn connect() -> anyhow::Result<sqlx::PgPool> {

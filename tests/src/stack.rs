@@ -18,6 +18,7 @@ pub struct Stack {
     pub sandbox: sandbox::Sandbox,
     /// The ingress.
     pub ingress: ingress::startup::Running,
+    options: StackOptions,
     worker_stop: Option<tokio::sync::oneshot::Sender<()>>,
     worker: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -99,22 +100,46 @@ impl Stack {
         let ingress = ingress::startup::spawn(db.pool.clone(), &settings)
             .await
             .expect("ingress");
+        let start_worker = options.worker;
         let mut stack = Stack {
             db,
             sandbox,
             ingress,
+            options,
             worker_stop: None,
             worker: None,
         };
-        if options.worker {
-            let providers = provider_settings(&stack.sandbox.base_url(), options.client_timeout)
-                .providers()
-                .unwrap();
-            let (stop, handle) = spawn_worker_runtime(stack.db.pool.clone(), providers);
-            stack.worker_stop = Some(stop);
-            stack.worker = Some(handle);
+        if start_worker {
+            stack.start_worker();
         }
         stack
+    }
+
+    /// Starts the in-process worker (for stacks made without one); [`Stack::stop`] stops it.
+    pub fn start_worker(&mut self) {
+        let providers = provider_settings(&self.sandbox.base_url(), self.options.client_timeout)
+            .providers()
+            .unwrap();
+        let (stop, handle) = spawn_worker_runtime(self.db.pool.clone(), providers);
+        self.worker_stop = Some(stop);
+        self.worker = Some(handle);
+    }
+
+    /// Starts the saga of the stored `organization.created` delivery now, deterministically,
+    /// as its `clerk.organization.created` job would.
+    pub async fn start_saga_now(&self) -> jobs::onboarding::Started {
+        let inbox_id: i64 = sqlx::query_scalar(
+            "select id from onboard.inbox where event_type = 'organization.created' order by id desc limit 1",
+        )
+        .fetch_one(&self.db.pool)
+        .await
+        .unwrap();
+        let mut tx = self.db.pool.begin().await.unwrap();
+        let started = jobs::onboarding::start_from_inbox(&mut tx, inbox_id)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        started
     }
 
     /// Stops the worker and the ingress.

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use jobs::maintenance::Maintenance;
 use reqwest::Url;
 use secrecy::SecretString;
 use sqlx::PgPool;
@@ -131,9 +130,4 @@ pub fn registry(pool: PgPool, providers: Providers) -> Registry {
 /// Sets the per-queue caps the providers need (Resend allows 2 requests/s per team).
 pub async fn configure_queues(pool: &PgPool) -> Result<(), sqlx::Error> {
     jobs::admin::set_limits(pool, jobs::saga::EMAIL_QUEUE, None, Some(2.0)).await
-}
-
-/// Maintenance as deployed: reaper and retention every second.
-pub fn maintenance() -> Maintenance {
-    Maintenance::default()
 }

@@ -93,14 +93,14 @@ pub(crate) async fn run_fetcher<Args: JobArgs>(
         let Ok(first) = first else { return };
         first.forget();
         let mut wanted = 1;
-        while wanted < batch {
-            match shared.capacity.try_acquire() {
-                Ok(permit) => {
-                    permit.forget();
-                    wanted += 1;
-                }
-                Err(_) => break,
-            }
+        // Top up to a full batch with whatever is free now (another fetcher may take it first).
+        let extra = shared.capacity.available_permits().min(batch - 1);
+        if let Ok(permits) = shared
+            .capacity
+            .try_acquire_many(u32::try_from(extra).unwrap_or(0))
+        {
+            permits.forget();
+            wanted += extra;
         }
         let claimed = if restricted {
             claim_capped(&shared, wanted).await

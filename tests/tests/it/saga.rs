@@ -272,7 +272,7 @@ async fn deleted_organization_is_offboarded_and_its_subaccount_closed() {
 #[tokio::test]
 async fn organization_deleted_during_a_running_saga_cancels_it_and_compensates() {
     // No worker yet: the saga waits at its first step while the deletion arrives.
-    let stack = Stack::start(StackOptions {
+    let mut stack = Stack::start(StackOptions {
         worker: false,
         ..Default::default()
     })
@@ -282,29 +282,9 @@ async fn organization_deleted_during_a_running_saga_cancels_it_and_compensates()
         .deliver(&organization_created(org, "cancelled", user))
         .await;
     // Start its saga now, deterministically, as the `clerk.organization.created` job would.
-    let inbox_id: i64 = sqlx::query_scalar(
-        "select id from onboard.inbox where event_type = 'organization.created'",
-    )
-    .fetch_one(&stack.db.pool)
-    .await
-    .unwrap();
-    let mut tx = stack.db.pool.begin().await.unwrap();
-    assert!(
-        jobs::onboarding::start_from_inbox(&mut tx, inbox_id)
-            .await
-            .unwrap()
-            .created
-    );
-    tx.commit().await.unwrap();
+    assert!(stack.start_saga_now().await.created);
     stack.deliver(&organization_deleted(org)).await;
-    let providers = integration_tests::stack::provider_settings(
-        &stack.sandbox.base_url(),
-        Duration::from_millis(700),
-    )
-    .providers()
-    .unwrap();
-    let (stop, worker) =
-        integration_tests::stack::spawn_worker_runtime(stack.db.pool.clone(), providers);
+    stack.start_worker();
     wait_for("the saga to end", Duration::from_secs(90), || async {
         let state = stack.saga_state(org).await.unwrap_or_default();
         jobs::saga::is_terminal(&state).then_some(state)
@@ -318,8 +298,6 @@ async fn organization_deleted_during_a_running_saga_cancels_it_and_compensates()
         0,
         "offboarding leaves no active sub-account"
     );
-    let _ = stop.send(());
-    let _ = worker.await;
     stack.stop().await;
 }
 
@@ -327,7 +305,7 @@ async fn organization_deleted_during_a_running_saga_cancels_it_and_compensates()
 async fn worker_killed_between_the_twilio_create_and_its_commit_leaves_one_subaccount_after_recovery()
  {
     use tokio::io::AsyncBufReadExt;
-    let stack = Stack::start(StackOptions {
+    let mut stack = Stack::start(StackOptions {
         worker: false,
         slow_delay: Duration::from_secs(5),
         ..Default::default()
@@ -372,17 +350,8 @@ async fn worker_killed_between_the_twilio_create_and_its_commit_leaves_one_subac
         .execute(&stack.db.pool)
         .await
         .unwrap();
-    let providers = integration_tests::stack::provider_settings(
-        &stack.sandbox.base_url(),
-        Duration::from_millis(700),
-    )
-    .providers()
-    .unwrap();
-    let (stop, worker) =
-        integration_tests::stack::spawn_worker_runtime(stack.db.pool.clone(), providers);
+    stack.start_worker();
     stack.wait_saga(org, "completed").await;
-    let _ = stop.send(());
-    let _ = worker.await;
     assert_eq!(
         stack.effects("create_subaccount", &key).await.len(),
         1,
@@ -437,7 +406,7 @@ async fn operator_retry_of_a_failed_welcome_email_completes_the_saga_after_heal(
 
 #[tokio::test]
 async fn a_step_whose_last_attempt_ended_outside_its_handler_still_settles_the_saga() {
-    let stack = Stack::start(StackOptions {
+    let mut stack = Stack::start(StackOptions {
         worker: false,
         ..Default::default()
     })
@@ -446,34 +415,15 @@ async fn a_step_whose_last_attempt_ended_outside_its_handler_still_settles_the_s
     stack
         .deliver(&organization_created(org, "settle", "user_settle1"))
         .await;
-    let inbox_id: i64 = sqlx::query_scalar(
-        "select id from onboard.inbox where event_type = 'organization.created'",
-    )
-    .fetch_one(&stack.db.pool)
-    .await
-    .unwrap();
-    let mut tx = stack.db.pool.begin().await.unwrap();
-    jobs::onboarding::start_from_inbox(&mut tx, inbox_id)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    stack.start_saga_now().await;
     // As if every real attempt of step 1 had timed out: the next one is the settling attempt.
     sqlx::query("update onboard.job set attempt = $1 where kind = 'onboarding.create_org_record'")
         .bind(jobs::onboarding::STEP_MAX_ATTEMPTS)
         .execute(&stack.db.pool)
         .await
         .unwrap();
-    let providers = integration_tests::stack::provider_settings(
-        &stack.sandbox.base_url(),
-        Duration::from_millis(700),
-    )
-    .providers()
-    .unwrap();
-    let (stop, worker) =
-        integration_tests::stack::spawn_worker_runtime(stack.db.pool.clone(), providers);
+    stack.start_worker();
     stack.wait_saga(org, "compensated").await;
-    let _ = stop.send(());
-    let _ = worker.await;
     let (state, message): (String, String) = sqlx::query_as(
         "select state::text, errors[cardinality(errors)]->>'message' from onboard.job where kind = 'onboarding.create_org_record'",
     )
