@@ -398,17 +398,17 @@ pub async fn database_only(server: &Server, concurrency: usize) -> anyhow::Resul
                 let mut event = template.clone();
                 event["data"]["id"] = Value::String(format!("org_db{n:09}"));
                 let body = serde_json::to_string(&event)?;
-                let envelope = jobs::inbox::ClerkEnvelope::parse(body.as_bytes())?;
-                let id = jobs::inbox::SvixId::parse(&format!("msg_db{n:09}"))?;
+                let envelope = onboarding::inbox::ClerkEnvelope::parse(body.as_bytes())?;
+                let id = onboarding::SvixId::parse(&format!("msg_db{n:09}"))?;
                 let mut conn = pool.acquire().await?;
-                let entry = jobs::inbox::InboxEntry {
+                let entry = onboarding::inbox::InboxEntry {
                     svix_id: &id,
                     svix_timestamp: 1,
                     svix_signature: "v1,x",
                     payload: &body,
                     envelope: &envelope,
                 };
-                jobs::inbox::receive(&mut conn, entry).await?;
+                onboarding::inbox::receive(&mut conn, entry).await?;
                 done += 1;
             }
             anyhow::Ok(done)

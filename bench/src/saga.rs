@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use jobs::onboarding::{ClerkOrgId, ClerkUserId, Creator, EmailAddress, OnboardingRequest, Source};
+use onboarding::{ClerkOrgId, ClerkUserId, Creator, EmailAddress, OnboardingRequest, Source};
 use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::{Figure, Server};
@@ -43,7 +43,7 @@ fn request(n: usize) -> anyhow::Result<OnboardingRequest> {
 
 async fn start(pool: &PgPool, n: usize) -> anyhow::Result<()> {
     let mut tx = pool.begin().await?;
-    jobs::onboarding::start(&mut tx, &request(n)?).await?;
+    onboarding::start::start(&mut tx, &request(n)?).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -87,7 +87,7 @@ pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
         let registry = worker::app::registry(pool.clone(), settings.providers()?);
         worker::app::configure_queues(&pool).await?;
         if !capped {
-            jobs::admin::set_limits(&pool, jobs::saga::EMAIL_QUEUE, None, None).await?;
+            jobs::admin::set_limits(&pool, onboarding::saga::EMAIL_QUEUE, None, None).await?;
         }
         let worker = tokio::spawn(worker::runtime::run(
             pool.clone(),
@@ -112,7 +112,7 @@ pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
                     .bind(format!("org_saga{n:07}"))
                     .fetch_one(&pool)
                     .await?;
-                    if jobs::saga::is_terminal(&state) {
+                    if onboarding::saga::is_terminal(&state) {
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(2)).await;

@@ -7,9 +7,9 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use jobs::onboarding::{
-    self, ClerkOrgId, ClerkUserId, Creator, EmailAddress, IdempotencyKey, IdempotentStart,
-    OnboardingRequest, OnboardingView, Source,
+use onboarding::start::{self, IdempotentStart, OnboardingView};
+use onboarding::{
+    ClerkOrgId, ClerkUserId, Creator, EmailAddress, IdempotencyKey, OnboardingRequest, Source,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -28,7 +28,7 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<i64, ApiE
         .ok_or(ApiError::Unauthorized)?;
     let id = state
         .db(async {
-            jobs::api_key::authenticate(state.pool(), token)
+            onboarding::api_key::authenticate(state.pool(), token)
                 .await
                 .map_err(ApiError::database)
         })
@@ -64,7 +64,7 @@ pub async fn create_onboarding(
     let request = parse_request(&bytes).map_err(ApiError::Invalid)?;
     let outcome = state
         .db(async {
-            onboarding::start_idempotent(state.pool(), api_key_id, &key, &request)
+            start::start_idempotent(state.pool(), api_key_id, &key, &request)
                 .await
                 .map_err(ApiError::database)
         })
@@ -99,7 +99,7 @@ pub async fn get_onboarding(
     let id: i64 = id.parse().map_err(|_| ApiError::NotFound)?;
     let view = state
         .db(async {
-            onboarding::get(state.pool(), id)
+            start::get(state.pool(), id)
                 .await
                 .map_err(ApiError::database)
         })
@@ -133,7 +133,7 @@ pub async fn find_onboarding(
     let org_id = ClerkOrgId::parse(&org_id).map_err(|e| invalid(e.0))?;
     let view = state
         .db(async {
-            onboarding::find_by_org(state.pool(), &org_id)
+            start::find_by_org(state.pool(), &org_id)
                 .await
                 .map_err(ApiError::database)
         })

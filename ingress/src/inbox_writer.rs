@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use jobs::inbox::{self, OwnedEntry, ReceiveError, Received};
+use onboarding::inbox::{self, OwnedEntry, ReceiveError, Received};
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::http::HeaderMap;
-use jobs::inbox::SvixId;
+use onboarding::SvixId;
 
 use crate::settings::WebhookSecrets;
 

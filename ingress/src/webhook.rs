@@ -8,7 +8,9 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use jobs::inbox::{self, ClerkEnvelope, InboxEntry, OwnedEntry, ReceiveError, RejectedDelivery};
+use onboarding::inbox::{
+    self, ClerkEnvelope, InboxEntry, OwnedEntry, ReceiveError, RejectedDelivery,
+};
 
 use crate::error::ApiError;
 use crate::signature::SvixHeaders;

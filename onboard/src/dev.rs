@@ -63,7 +63,8 @@ pub async fn run() -> anyhow::Result<()> {
     let ingress = ingress::spawn(pool.clone(), &settings)
         .await
         .context("starting the ingress")?;
-    let (_, api_key) = jobs::api_key::create(&pool, &format!("dev-{}", std::process::id())).await?;
+    let (_, api_key) =
+        onboarding::api_key::create(&pool, &format!("dev-{}", std::process::id())).await?;
 
     worker::app::configure_queues(&pool).await?;
     let registry = worker::app::registry(pool.clone(), providers.providers()?);

@@ -140,7 +140,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::ApiKey(ApiKeyCommand::Create { name }) => {
             let pool = connect().await?;
-            let (id, key) = jobs::api_key::create(&pool, &name).await?;
+            let (id, key) = onboarding::api_key::create(&pool, &name).await?;
             println!(
                 "API key {id} for {name} (shown once, store it now):\n{}",
                 key.expose_secret()
@@ -149,7 +149,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::ApiKey(ApiKeyCommand::Revoke { name }) => {
             let pool = connect().await?;
-            let revoked = jobs::api_key::revoke(&pool, &name).await?;
+            let revoked = onboarding::api_key::revoke(&pool, &name).await?;
             println!("revoked {revoked} key(s)");
             Ok(())
         }

@@ -127,7 +127,7 @@ impl Stack {
 
     /// Starts the saga of the stored `organization.created` delivery now, deterministically,
     /// as its `clerk.organization.created` job would.
-    pub async fn start_saga_now(&self) -> jobs::onboarding::Started {
+    pub async fn start_saga_now(&self) -> onboarding::start::Started {
         let inbox_id: i64 = sqlx::query_scalar(
             "select id from onboard.inbox where event_type = 'organization.created' order by id desc limit 1",
         )
@@ -135,7 +135,7 @@ impl Stack {
         .await
         .unwrap();
         let mut tx = self.db.pool.begin().await.unwrap();
-        let started = jobs::onboarding::start_from_inbox(&mut tx, inbox_id)
+        let started = onboarding::start::start_from_inbox(&mut tx, inbox_id)
             .await
             .unwrap();
         tx.commit().await.unwrap();

@@ -129,5 +129,5 @@ pub fn registry(pool: PgPool, providers: Providers) -> Registry {
 
 /// Sets the per-queue caps the providers need (Resend allows 2 requests/s per team).
 pub async fn configure_queues(pool: &PgPool) -> Result<(), sqlx::Error> {
-    jobs::admin::set_limits(pool, jobs::saga::EMAIL_QUEUE, None, Some(2.0)).await
+    jobs::admin::set_limits(pool, onboarding::saga::EMAIL_QUEUE, None, Some(2.0)).await
 }

@@ -10,9 +10,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobs::onboarding::{QUEUE, STEP_MAX_ATTEMPTS, STEPS};
-use jobs::saga::{self, EMAIL_QUEUE, OFFBOARD_KIND, SYNC_METADATA_KIND, Saga};
 use jobs::{AnyJob, JobContext, JobError, KindOptions, Kinds, QueueConfig, RetryPolicy};
+use onboarding::saga::{self, EMAIL_QUEUE, OFFBOARD_KIND, SYNC_METADATA_KIND, Saga};
+use onboarding::start::{QUEUE, STEP_MAX_ATTEMPTS, STEPS};
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
 
@@ -80,7 +80,7 @@ fn retry(error: impl std::fmt::Display) -> JobError {
 fn kinds() -> Kinds {
     Kinds::new(KindOptions {
         queue: QUEUE.to_owned(),
-        max_attempts: jobs::onboarding::STEP_JOB_MAX_ATTEMPTS,
+        max_attempts: onboarding::start::STEP_JOB_MAX_ATTEMPTS,
         retry: RetryPolicy {
             base: Duration::from_secs(1),
             cap: Duration::from_secs(300),
@@ -118,9 +118,10 @@ pub fn register(mut registry: Registry, pool: PgPool, providers: Arc<Providers>)
         });
     }
     let start_pool = pool.clone();
-    registry = registry.handle(jobs::inbox::ORGANIZATION_CREATED_KIND, move |job, ctx| {
-        start_onboarding(start_pool.clone(), job, ctx)
-    });
+    registry = registry.handle(
+        onboarding::inbox::ORGANIZATION_CREATED_KIND,
+        move |job, ctx| start_onboarding(start_pool.clone(), job, ctx),
+    );
     let (sync_pool, sync_providers) = (pool.clone(), providers.clone());
     registry = registry.handle(SYNC_METADATA_KIND, move |job, _ctx| {
         sync_metadata(sync_pool.clone(), sync_providers.clone(), job)
@@ -138,10 +139,10 @@ async fn start_onboarding(pool: PgPool, job: AnyJob, ctx: JobContext) -> Result<
         .ok_or_else(|| JobError::permanent("job arguments lack inbox_id"))?;
     let mut tx = pool.begin().await.map_err(retry)?;
     // The organization's record from the event itself (last writer wins on its updated_at)…
-    jobs::clerk_event::handle(&mut tx, &job.kind, inbox_id)
+    onboarding::clerk_event::handle(&mut tx, &job.kind, inbox_id)
         .await
         .map_err(|e| match e {
-            jobs::clerk_event::EventError::Database(e) => retry(e),
+            onboarding::clerk_event::EventError::Database(e) => retry(e),
             other => JobError::permanent(other),
         })?;
     // An organization deleted before its creation was processed is not onboarded: its deletion
@@ -164,7 +165,7 @@ async fn start_onboarding(pool: PgPool, job: AnyJob, ctx: JobContext) -> Result<
         return Ok(());
     }
     // …and its one saga, in the same transaction.
-    let started = jobs::onboarding::start_from_inbox(&mut tx, inbox_id)
+    let started = onboarding::start::start_from_inbox(&mut tx, inbox_id)
         .await
         .map_err(|e| {
             if e.is_permanent() {
@@ -286,7 +287,7 @@ async fn perform(
         "create_org_record" => create_org_record(conn, saga).await,
         "default_permissions" => {
             let org = organization_id(conn, saga).await?;
-            let grants = jobs::permissions::grant_defaults(conn, org).await?;
+            let grants = onboarding::permissions::grant_defaults(conn, org).await?;
             Ok(json!({ "organization_id": org, "grants": grants }))
         }
         "twilio_subaccount" => twilio_subaccount(conn, &providers.twilio, saga).await,
@@ -301,7 +302,7 @@ fn text(value: &Value) -> Option<String> {
 
 async fn create_org_record(conn: &mut PgConnection, saga: &Saga) -> Result<Value, StepError> {
     let request = &saga.request;
-    let org = jobs::directory::OrgUpsert {
+    let org = onboarding::directory::OrgUpsert {
         clerk_org_id: saga.clerk_org_id.clone(),
         name: text(&request["name"]),
         slug: text(&request["slug"]),
@@ -311,7 +312,7 @@ async fn create_org_record(conn: &mut PgConnection, saga: &Saga) -> Result<Value
         // Older than any Clerk event: a real `organization.*` payload always wins.
         updated_at_ms: 0,
     };
-    jobs::directory::upsert_organization(conn, &org).await?;
+    onboarding::directory::upsert_organization(conn, &org).await?;
     let id = organization_id(conn, saga).await?;
     sqlx::query(
         "update onboard.organization set onboarding_status = 'pending', updated_at = now()
@@ -324,7 +325,7 @@ async fn create_org_record(conn: &mut PgConnection, saga: &Saga) -> Result<Value
 }
 
 async fn organization_id(conn: &mut PgConnection, saga: &Saga) -> Result<i64, StepError> {
-    jobs::directory::organization_id(conn, &saga.clerk_org_id)
+    onboarding::directory::organization_id(conn, &saga.clerk_org_id)
         .await?
         .ok_or_else(|| {
             StepError::Permanent(format!("organization {} has no record", saga.clerk_org_id))
@@ -412,7 +413,7 @@ async fn welcome_email(
     if recipient.is_none()
         && let Some(user) = &user_id
     {
-        recipient = jobs::directory::primary_email(conn, user).await?;
+        recipient = onboarding::directory::primary_email(conn, user).await?;
     }
     if recipient.is_none()
         && let Some(user) = &user_id
@@ -507,10 +508,11 @@ async fn undo(
             Ok(json!({ "closed": closed }))
         }
         "default_permissions" => {
-            let revoked = match jobs::directory::organization_id(conn, &saga.clerk_org_id).await? {
-                Some(org) => jobs::permissions::revoke_defaults(conn, org).await?,
-                None => 0,
-            };
+            let revoked =
+                match onboarding::directory::organization_id(conn, &saga.clerk_org_id).await? {
+                    Some(org) => onboarding::permissions::revoke_defaults(conn, org).await?,
+                    None => 0,
+                };
             Ok(json!({ "revoked": revoked }))
         }
         "create_org_record" => {

@@ -4,7 +4,7 @@
 //! on `organization.deleted`, row-level security, and the worker's `clerk` queue.
 //!
 //! Events are stored in `onboard.inbox` as the ingress would, then applied with
-//! `jobs::clerk_event::handle` in their own transaction, deterministically: no worker, no sleeps
+//! `onboarding::clerk_event::handle` in their own transaction, deterministically: no worker, no sleeps
 //! (except the one test of the worker itself, which waits on a condition).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use integration_tests::{fresh_db, wait_for};
-use jobs::clerk_event::{self, EventError};
-use jobs::directory::{self, OrgUpsert, RoleMapping};
+use onboarding::clerk_event::{self, EventError};
+use onboarding::directory::{self, OrgUpsert, RoleMapping};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use sqlx::types::Json;

@@ -944,7 +944,7 @@ fn onboarding_body(org: &str) -> Value {
 
 async fn api_key(db: &TestDb, name: &str) -> String {
     use secrecy::ExposeSecret;
-    let (_, key) = jobs::api_key::create(&db.pool, name)
+    let (_, key) = onboarding::api_key::create(&db.pool, name)
         .await
         .expect("create API key");
     key.expose_secret().to_owned()
@@ -998,7 +998,12 @@ async fn the_onboarding_api_answers_401_without_a_key_with_a_wrong_one_and_with_
         202
     );
 
-    assert_eq!(jobs::api_key::revoke(&db.pool, "server").await.unwrap(), 1);
+    assert_eq!(
+        onboarding::api_key::revoke(&db.pool, "server")
+            .await
+            .unwrap(),
+        1
+    );
     let response = app.post_onboarding(Some(&key), Some("k2"), &body).await;
     assert_eq!(response.status(), 401);
     assert_eq!(error_code(response).await, "unauthorized");
@@ -1011,9 +1016,11 @@ async fn the_onboarding_api_answers_401_without_a_key_with_a_wrong_one_and_with_
         .unwrap();
     assert_eq!(get.status(), 401);
     // Revoking by id works too, and the name can be reused.
-    let (id, _) = jobs::api_key::create(&db.pool, "server").await.unwrap();
+    let (id, _) = onboarding::api_key::create(&db.pool, "server")
+        .await
+        .unwrap();
     assert_eq!(
-        jobs::api_key::revoke(&db.pool, &id.to_string())
+        onboarding::api_key::revoke(&db.pool, &id.to_string())
             .await
             .unwrap(),
         1
@@ -1365,14 +1372,14 @@ async fn onboard_send_signs_a_file_that_the_ingress_accepts() {
 
 /// Runs the start path of the `clerk.organization.created` job for the delivery `svix_id`, as
 /// the worker's handler does (in a transaction of its own).
-async fn start_from_delivery(db: &TestDb, svix_id: &str) -> jobs::onboarding::Started {
+async fn start_from_delivery(db: &TestDb, svix_id: &str) -> onboarding::start::Started {
     let inbox_id: i64 = sqlx::query_scalar("select id from onboard.inbox where svix_id = $1")
         .bind(svix_id)
         .fetch_one(&db.pool)
         .await
         .unwrap();
     let mut tx = db.pool.begin().await.unwrap();
-    let started = jobs::onboarding::start_from_inbox(&mut tx, inbox_id)
+    let started = onboarding::start::start_from_inbox(&mut tx, inbox_id)
         .await
         .unwrap();
     tx.commit().await.unwrap();
@@ -1484,7 +1491,7 @@ async fn the_organization_created_job_starts_one_saga_from_the_stored_delivery()
     let again = start_from_delivery(&db, "msg_start").await;
     assert_eq!(
         again,
-        jobs::onboarding::Started {
+        onboarding::start::Started {
             onboarding_id: saga_id,
             created: false
         }
@@ -1505,7 +1512,7 @@ async fn the_organization_created_job_starts_one_saga_from_the_stored_delivery()
 
 #[tokio::test]
 async fn starting_from_a_missing_foreign_or_unparsable_inbox_row_is_a_permanent_error() {
-    use jobs::onboarding::{InboxStartError, start_from_inbox};
+    use onboarding::start::{InboxStartError, start_from_inbox};
     let db = fresh_db().await;
     let stored = |svix_id: &'static str, event_type: &'static str, payload: &'static str| {
         let pool = db.pool.clone();
@@ -1584,7 +1591,7 @@ async fn spawn_saga_worker(
         db.pool.clone(),
         std::sync::Arc::new(providers),
     )
-    .queue(jobs::QueueConfig::new(jobs::inbox::QUEUE));
+    .queue(jobs::QueueConfig::new(onboarding::inbox::QUEUE));
     let mut settings = worker::runtime::WorkerSettings::default();
     settings.maintenance.every = Duration::from_millis(100);
     settings.shutdown_deadline = Duration::from_secs(10);
@@ -1646,10 +1653,10 @@ async fn the_worker_runs_the_organization_created_job_into_a_saga_and_discards_a
     let orphan = jobs::enqueue(
         &mut conn,
         &jobs::NewJob::new(
-            jobs::inbox::ORGANIZATION_CREATED_KIND,
+            onboarding::inbox::ORGANIZATION_CREATED_KIND,
             json!({"inbox_id": inbox_id + 1000, "svix_id": "msg_gone"}),
         )
-        .queue(jobs::inbox::QUEUE),
+        .queue(onboarding::inbox::QUEUE),
     )
     .await
     .unwrap()
@@ -1707,11 +1714,11 @@ async fn marker(pool: &PgPool, payload: &str) {
 }
 
 fn entry<'a>(
-    svix_id: &'a jobs::inbox::SvixId,
+    svix_id: &'a onboarding::SvixId,
     body: &'a str,
-    envelope: &'a jobs::inbox::ClerkEnvelope,
-) -> jobs::inbox::InboxEntry<'a> {
-    jobs::inbox::InboxEntry {
+    envelope: &'a onboarding::inbox::ClerkEnvelope,
+) -> onboarding::inbox::InboxEntry<'a> {
+    onboarding::inbox::InboxEntry {
         svix_id,
         svix_timestamp: now(),
         svix_signature: "v1,x",
@@ -1722,7 +1729,8 @@ fn entry<'a>(
 
 #[tokio::test]
 async fn the_inbox_statement_sends_no_notify_and_later_statements_of_its_transaction_do() {
-    use jobs::inbox::{ClerkEnvelope, SvixId, receive};
+    use onboarding::SvixId;
+    use onboarding::inbox::{ClerkEnvelope, receive};
     let db = fresh_db().await;
     let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
     listener.listen("onboard_job").await.unwrap();
@@ -1876,7 +1884,7 @@ async fn a_failed_round_is_retried_until_the_database_answers() {
 
 #[tokio::test]
 async fn deliveries_stored_together_each_get_their_rows_and_a_bad_one_is_rejected_alone() {
-    use jobs::inbox::{OwnedEntry, ReceiveError};
+    use onboarding::inbox::{OwnedEntry, ReceiveError};
     let db = fresh_db().await;
     let writer = ingress::inbox_writer::InboxWriter::spawn(db.pool.clone());
     let entry = |id: String, payload: &str| OwnedEntry {

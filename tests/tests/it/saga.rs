@@ -125,7 +125,7 @@ async fn permanent_twilio_failure_compensates_every_started_step_then_restart_af
         .await
         .unwrap();
     let mut tx = stack.db.pool.begin().await.unwrap();
-    jobs::saga::restart(&mut tx, id).await.unwrap();
+    onboarding::saga::restart(&mut tx, id).await.unwrap();
     tx.commit().await.unwrap();
     stack.wait_saga(org, "completed").await;
     stack.wait_idle().await;
@@ -287,7 +287,7 @@ async fn organization_deleted_during_a_running_saga_cancels_it_and_compensates()
     stack.start_worker();
     wait_for("the saga to end", Duration::from_secs(90), || async {
         let state = stack.saga_state(org).await.unwrap_or_default();
-        jobs::saga::is_terminal(&state).then_some(state)
+        onboarding::saga::is_terminal(&state).then_some(state)
     })
     .await;
     stack.wait_idle().await;
@@ -379,14 +379,14 @@ async fn operator_retry_of_a_failed_welcome_email_completes_the_saga_after_heal(
     // Retrying a saga that did not fail that way is refused.
     let mut tx = stack.db.pool.begin().await.unwrap();
     assert!(matches!(
-        jobs::saga::restart(&mut tx, id).await,
-        Err(jobs::saga::SagaError::WrongState { .. })
+        onboarding::saga::restart(&mut tx, id).await,
+        Err(onboarding::saga::SagaError::WrongState { .. })
     ));
     drop(tx);
 
     stack.sandbox.heal("fail@retry.test").await;
     let mut tx = stack.db.pool.begin().await.unwrap();
-    jobs::saga::retry(&mut tx, id).await.unwrap();
+    onboarding::saga::retry(&mut tx, id).await.unwrap();
     tx.commit().await.unwrap();
     stack.wait_saga(org, "completed").await;
     stack.wait_idle().await;
@@ -418,7 +418,7 @@ async fn a_step_whose_last_attempt_ended_outside_its_handler_still_settles_the_s
     stack.start_saga_now().await;
     // As if every real attempt of step 1 had timed out: the next one is the settling attempt.
     sqlx::query("update onboard.job set attempt = $1 where kind = 'onboarding.create_org_record'")
-        .bind(jobs::onboarding::STEP_MAX_ATTEMPTS)
+        .bind(onboarding::start::STEP_MAX_ATTEMPTS)
         .execute(&stack.db.pool)
         .await
         .unwrap();

@@ -1,9 +1,9 @@
 //! The `clerk` queue: one handler per `clerk.<event type>` kind, each applying its stored event
-//! with [`jobs::clerk_event::handle_with`] in a transaction that also completes the job.
+//! with [`onboarding::clerk_event::handle_with`] in a transaction that also completes the job.
 
-use jobs::clerk_event::{self, ClerkJobArgs, EventError};
-use jobs::directory::RoleMapping;
 use jobs::{AnyJob, JobContext, JobError, QueueConfig};
+use onboarding::clerk_event::{self, ClerkJobArgs, EventError};
+use onboarding::directory::RoleMapping;
 use sqlx::PgPool;
 
 use crate::runtime::Registry;
@@ -17,7 +17,7 @@ pub fn register(registry: Registry, pool: PgPool) -> Registry {
 
 /// [`register`] with a configured role mapping (see [`RoleMapping::from_env`]).
 pub fn register_with(registry: Registry, pool: PgPool, roles: RoleMapping) -> Registry {
-    let mut registry = registry.queue(QueueConfig::new(jobs::inbox::QUEUE));
+    let mut registry = registry.queue(QueueConfig::new(onboarding::inbox::QUEUE));
     for kind in clerk_event::KINDS {
         let (pool, roles) = (pool.clone(), roles.clone());
         registry = registry.handle(kind, move |job: AnyJob, ctx: JobContext| {

@@ -9,8 +9,8 @@
 use serde_json::{Value, json};
 use sqlx::{PgConnection, Row};
 
-use crate::onboarding::{QUEUE, STEP_JOB_MAX_ATTEMPTS, STEPS};
-use crate::{NewJob, enqueue};
+use crate::start::{QUEUE, STEP_JOB_MAX_ATTEMPTS, STEPS};
+use jobs::{NewJob, enqueue};
 
 /// The queue the welcome email goes to (capped at the provider's rate).
 pub const EMAIL_QUEUE: &str = "email";

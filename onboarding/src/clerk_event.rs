@@ -23,8 +23,8 @@ use crate::directory::{
     self, InvitationEvent, InvitationStatus, MembershipEvent, OrgUpsert, PublicUserData,
     RoleMapping, UserUpsert, UserWrite,
 };
-use crate::onboarding::{ClerkOrgId, ClerkUserId};
-use crate::{NewJob, enqueue};
+use crate::id::{ClerkOrgId, ClerkUserId};
+use jobs::{NewJob, enqueue};
 
 /// The `clerk.*` kinds the worker runs through [`handle`]. `clerk.organization.created` is not
 /// one: its job starts the onboarding saga, whose first step upserts the organization.

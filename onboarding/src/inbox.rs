@@ -4,7 +4,7 @@
 //!
 //! The statement turns off the job trigger's NOTIFY for itself: the ingress commits thousands
 //! of these a second, and notifying commits are serialised by a cluster-wide lock. The caller
-//! wakes the queue after the commit through a [`crate::notify::Coalescer`] instead (see
+//! wakes the queue after the commit through a [`jobs::notify::Coalescer`] instead (see
 //! [`Received::queue_to_wake`]).
 
 use std::borrow::Cow;
@@ -14,13 +14,15 @@ use serde::Deserialize;
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 use sqlx::PgConnection;
 
-use crate::onboarding::{self, ClerkOrgId, ClerkUserId, Creator, OnboardingRequest, Source};
+use crate::id::SvixId;
+use crate::id::{ClerkOrgId, ClerkUserId};
+use crate::request::{Creator, OnboardingRequest, Source};
 
 /// The queue of the jobs made from Clerk events.
 pub const QUEUE: &str = "clerk";
 
 /// The kind of the job an `organization.created` delivery gets: its handler starts the
-/// organization's onboarding saga ([`crate::onboarding::start_from_inbox`]).
+/// organization's onboarding saga ([`crate::start::start_from_inbox`]).
 pub const ORGANIZATION_CREATED_KIND: &str = "clerk.organization.created";
 
 /// Clerk event types that get a `clerk.<type>` job (DESIGN.md §5), with that job's kind. Other
@@ -60,32 +62,6 @@ pub const ROUTED: [(&str, &str); 12] = [
 
 /// Attempts of a `clerk.*` job before it is discarded.
 pub const MAX_ATTEMPTS: i32 = 20;
-
-/// A Svix message id (`svix-id`): 1 to 255 visible ASCII characters, no `.` (the signed content
-/// is `id.timestamp.body`, so a `.` in the id would make it ambiguous).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct SvixId(String);
-
-impl SvixId {
-    /// Parses a message id.
-    pub fn parse(value: &str) -> Result<Self, onboarding::Invalid> {
-        let ok = !value.is_empty()
-            && value.len() <= 255
-            && value.bytes().all(|b| b.is_ascii_graphic() && b != b'.');
-        if ok {
-            Ok(SvixId(value.to_owned()))
-        } else {
-            Err(onboarding::Invalid(
-                "must be 1 to 255 visible ASCII characters without `.`",
-            ))
-        }
-    }
-
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
 
 /// Why a signed body is not a Clerk envelope.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -184,7 +160,7 @@ fn is_event_type(value: &str) -> bool {
 
 /// The onboarding request carried by an `organization.created` body: the ingress checks it
 /// before storing the delivery, the `clerk.organization.created` job builds it again from the
-/// stored payload ([`crate::onboarding::start_from_inbox`]).
+/// stored payload ([`crate::start::start_from_inbox`]).
 pub fn organization_created(body: &[u8]) -> Result<OnboardingRequest, EnvelopeError> {
     let event: OrganizationCreated =
         serde_json::from_slice(body).map_err(|e| EnvelopeError::Shape(e.to_string()))?;
@@ -254,7 +230,7 @@ pub struct Received {
 impl Received {
     /// The queue the caller must wake once its transaction has committed: [`receive`] turns
     /// the trigger's NOTIFY off, so a new job is found at once only after a
-    /// [`crate::notify::Coalescer::note`] of this queue (else by the workers' fallback poll).
+    /// [`jobs::notify::Coalescer::note`] of this queue (else by the workers' fallback poll).
     pub fn queue_to_wake(&self) -> Option<&'static str> {
         self.job_id.map(|_| QUEUE)
     }
@@ -299,7 +275,7 @@ select inbox_row.id, (select id from job_row) from inbox_row";
 /// `svix-id` waits for this one to commit and then writes nothing.
 ///
 /// The job's enqueue sends no NOTIFY: after the commit, wake [`Received::queue_to_wake`]
-/// (the ingress notes it in its [`crate::notify::Coalescer`]). Later statements of the
+/// (the ingress notes it in its [`jobs::notify::Coalescer`]). Later statements of the
 /// caller's transaction notify as usual.
 pub async fn receive(
     conn: &mut PgConnection,
