@@ -11,7 +11,7 @@ use sqlx::postgres::PgPoolOptions;
 pub struct PoolSettings {
     /// Connections at most. A worker holds one for LISTEN per queue.
     pub max_connections: u32,
-    /// How long a request waits for a connection before failing (`503` at the ingress).
+    /// How long a request waits for a connection before failing.
     pub acquire_timeout: Duration,
 }
 

@@ -4,13 +4,13 @@
 //! `NOTIFY onboard_job, '<queue>'` per enqueueing statement. That is cheap for one transaction
 //! but not for many: PostgreSQL serialises the commits of notifying transactions with a
 //! cluster-wide lock that is held through the commit's WAL flush, so notifying commits cannot
-//! share a flush (no group commit). Measured on a 2-core box, the webhook's one-statement
-//! "inbox row + job" reaches ~11.6k commits/s at 16 clients without the NOTIFY and ~3.4k with
+//! share a flush (no group commit). Measured on a 2-core box, a one-statement
+//! "row + job" producer reaches ~11.6k commits/s at 16 clients without the NOTIFY and ~3.4k with
 //! it.
 //!
-//! A producer that enqueues at a high rate (the ingress) therefore turns the trigger's NOTIFY
+//! A producer that enqueues at a high rate (a receiver of events, say) therefore turns the trigger's NOTIFY
 //! off for its own statements (`set_config('onboard.notify', 'off', true)` in the same
-//! statement, see `jobs::inbox`) and, once its transaction has committed, [`Coalescer::note`]s
+//! statement) and, once its transaction has committed, [`Coalescer::note`]s
 //! the queue instead. The coalescer's background task sends the noted queues in ONE
 //! statement of its own, at most once per queue per `every` (5 ms by default): one notifying
 //! commit per round instead of one per request, while a lone enqueue still wakes the workers
@@ -239,37 +239,37 @@ mod tests {
     #[test]
     fn a_queue_is_pending_once_and_only_the_first_note_wakes_the_task() {
         let mut pending = Pending::default();
-        assert!(pending.note("clerk"));
-        assert!(!pending.note("clerk"));
-        assert!(!pending.note("onboarding"));
-        assert!(!pending.note("clerk"));
-        assert_eq!(pending.take(), ["clerk", "onboarding"]);
+        assert!(pending.note("default"));
+        assert!(!pending.note("default"));
+        assert!(!pending.note("bulk"));
+        assert!(!pending.note("default"));
+        assert_eq!(pending.take(), ["default", "bulk"]);
         assert!(pending.take().is_empty());
         // Empty again: the next note wakes the task again.
-        assert!(pending.note("onboarding"));
+        assert!(pending.note("bulk"));
     }
 
     #[test]
     fn a_queue_noted_during_a_round_is_in_the_next_one() {
         let mut pending = Pending::default();
-        pending.note("clerk");
+        pending.note("default");
         let round = pending.take();
-        assert_eq!(round, ["clerk"]);
+        assert_eq!(round, ["default"]);
         // Noted while `round` is being sent: pending for the next round, with a wake-up.
-        assert!(pending.note("clerk"));
-        assert_eq!(pending.take(), ["clerk"]);
+        assert!(pending.note("default"));
+        assert_eq!(pending.take(), ["default"]);
     }
 
     #[test]
     fn a_failed_round_is_put_back_without_duplicates() {
         let mut pending = Pending::default();
-        pending.note("clerk");
-        pending.note("email");
+        pending.note("default");
+        pending.note("mail");
         let failed = pending.take();
-        pending.note("email");
-        pending.note("onboarding");
+        pending.note("mail");
+        pending.note("bulk");
         pending.restore(failed);
-        assert_eq!(pending.take(), ["email", "onboarding", "clerk"]);
+        assert_eq!(pending.take(), ["mail", "bulk", "default"]);
     }
 
     #[test]
