@@ -166,3 +166,27 @@ where
         handle,
     }
 }
+
+/// Creates an empty database (no migrations applied), for upgrade tests.
+pub async fn empty_db() -> TestDb {
+    let pg = cluster();
+    let name = format!(
+        "empty_{}_{}",
+        std::process::id(),
+        NEXT_DB.fetch_add(1, Ordering::SeqCst)
+    );
+    let mut admin = PgConnection::connect(&pg.url("postgres"))
+        .await
+        .expect("connect");
+    sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("create empty database");
+    let url = pg.url(&name);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(20)
+        .connect(&url)
+        .await
+        .expect("connect empty database");
+    TestDb { url, pool }
+}

@@ -2,6 +2,7 @@
 
 mod clerk_events;
 mod ingress;
+mod migrations;
 mod plans;
 mod processes;
 mod queue;
