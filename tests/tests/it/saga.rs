@@ -874,3 +874,144 @@ async fn operator_cancel_of_a_running_saga_compensates_every_started_step() {
     assert_eq!(refused.code(), "saga_terminal", "{refused}");
     stack.stop().await;
 }
+
+async fn job_of(stack: &Stack, kind: &str, org: &str) -> i64 {
+    sqlx::query_scalar(
+        "select j.id from onboard.job j join onboard.onboarding o on j.args->>'onboarding_id' = o.id::text
+          where j.kind = $1 and o.clerk_org_id = $2 order by j.id desc limit 1",
+    )
+    .bind(kind)
+    .bind(org)
+    .fetch_one(&stack.db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn operator_actions_on_a_saga_step_job_move_its_saga_on() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let pool = &stack.db.pool;
+    for (org, user) in [
+        ("org_jobcancel1", "user_jobcancel1"),
+        ("org_jobretry1", "user_jobretry1"),
+    ] {
+        stack.sandbox.register(org, "acme-flaky-twilio").await;
+        stack
+            .deliver(&user_created(user, &format!("{user}@jobs.test")))
+            .await;
+        stack
+            .deliver(&organization_created(org, "acme-flaky-twilio", user))
+            .await;
+        hold_the_twilio_step_in_its_backoff(&stack, org).await;
+    }
+
+    // Cancelling the running saga's current step job fails the step: the saga compensates.
+    let twilio_job = job_of(&stack, "onboarding.twilio_subaccount", "org_jobcancel1").await;
+    let mut tx = pool.begin().await.unwrap();
+    let cancelled = onboarding::saga::cancel_step_job(&mut tx, twilio_job)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(cancelled.saga_state, "compensating");
+    assert_eq!(
+        integration_tests::job_state(pool, twilio_job).await,
+        "cancelled"
+    );
+    stack.wait_saga("org_jobcancel1", "compensated").await;
+    let states: Vec<String> = steps(&stack, "org_jobcancel1")
+        .await
+        .into_iter()
+        .map(|s| s.1)
+        .collect();
+    assert_eq!(
+        states,
+        ["compensated", "compensated", "compensated", "skipped"]
+    );
+    assert_eq!(permission_rows(&stack, "org_jobcancel1").await, 0);
+    // Its saga has ended: retrying the job is refused, and so is cancelling a finished job.
+    let mut tx = pool.begin().await.unwrap();
+    let refused = onboarding::saga::retry_step_job(&mut tx, twilio_job)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), "saga_terminal", "{refused}");
+    let refused = onboarding::saga::cancel_step_job(&mut tx, twilio_job)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), "job_finished", "{refused}");
+    drop(tx);
+
+    // Retrying the running saga's waiting step job runs it now: the saga completes.
+    let twilio_job = job_of(&stack, "onboarding.twilio_subaccount", "org_jobretry1").await;
+    let mut tx = pool.begin().await.unwrap();
+    onboarding::saga::retry_step_job(&mut tx, twilio_job)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    stack.wait_saga("org_jobretry1", "completed").await;
+    assert_eq!(active_subaccounts(&stack, "org_jobretry1").await, 1);
+
+    // A job that is not a saga's step is not theirs to act on.
+    let clerk_job: i64 = sqlx::query_scalar(
+        "select id from onboard.job where kind not like 'onboarding.%' order by id limit 1",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let refused = onboarding::saga::cancel_step_job(&mut tx, clerk_job)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), "not_a_saga_job", "{refused}");
+    let refused = onboarding::saga::retry_step_job(&mut tx, i64::MAX)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), "job_not_found", "{refused}");
+    drop(tx);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn offboarding_stops_waiting_for_an_onboarding_that_does_not_end() {
+    let stack = Stack::start(StackOptions::default()).await;
+    // The saga passes its point of no return, then waits for ever: its email queue is paused.
+    jobs::admin::pause(&stack.db.pool, onboarding::saga::EMAIL_QUEUE)
+        .await
+        .unwrap();
+    let (org, user) = ("org_waiting1", "user_waiting1");
+    stack
+        .deliver(&user_created(user, "owner@waiting.test"))
+        .await;
+    stack
+        .deliver(&organization_created(org, "waiting", user))
+        .await;
+    wait_for("the Twilio step", Duration::from_secs(60), || async {
+        (steps(&stack, org).await.get(2).map(|s| s.1.clone()) == Some("done".into())).then_some(())
+    })
+    .await;
+    stack.deliver(&organization_deleted(org)).await;
+    let offboard: i64 = wait_for("the offboarding to wait", Duration::from_secs(60), || async {
+        sqlx::query_scalar(
+            "select id from onboard.job where kind = 'offboarding.close_org' and state = 'scheduled'",
+        )
+        .fetch_optional(&stack.db.pool)
+        .await
+        .unwrap()
+    })
+    .await;
+    assert_eq!(stack.saga_state(org).await.as_deref(), Some("running"));
+    // An hour later (its bound) offboarding closes the sub-account anyway.
+    sqlx::query(
+        "update onboard.job set created_at = created_at - interval '2 hours', run_at = now() where id = $1",
+    )
+    .bind(offboard)
+    .execute(&stack.db.pool)
+    .await
+    .unwrap();
+    wait_for("the offboarding", Duration::from_secs(60), || async {
+        (integration_tests::job_state(&stack.db.pool, offboard).await == "completed").then_some(())
+    })
+    .await;
+    assert_eq!(org_status(&stack, org).await, "deleted");
+    assert_eq!(active_subaccounts(&stack, org).await, 0);
+    stack.stop().await;
+}
