@@ -106,13 +106,25 @@ pub fn register(mut registry: Registry, pool: PgPool, providers: Arc<Providers>)
     for step in STEPS {
         let (pool, providers) = (pool.clone(), providers.clone());
         registry = registry.handle(saga::step_kind(step), move |job, ctx| {
-            run_action(pool.clone(), providers.clone(), Action::Step(step), job, ctx)
+            run_action(
+                pool.clone(),
+                providers.clone(),
+                Action::Step(step),
+                job,
+                ctx,
+            )
         });
     }
     for step in saga::compensable_steps() {
         let (pool, providers) = (pool.clone(), providers.clone());
         registry = registry.handle(saga::undo_kind(step), move |job, ctx| {
-            run_action(pool.clone(), providers.clone(), Action::Undo(step), job, ctx)
+            run_action(
+                pool.clone(),
+                providers.clone(),
+                Action::Undo(step),
+                job,
+                ctx,
+            )
         });
     }
     let reconcile_pool = pool.clone();
@@ -686,10 +698,9 @@ async fn offboard(
                 cancelled,
                 "organization deleted: waiting for its onboarding to end"
             );
-            return Err(JobError::Snooze((waited / 10).clamp(
-                Duration::from_secs(1),
-                Duration::from_secs(60),
-            )));
+            return Err(JobError::Snooze(
+                (waited / 10).clamp(Duration::from_secs(1), Duration::from_secs(60)),
+            ));
         }
         // Past the wait: a cancelled saga compensates by itself, one past its point of no
         // return creates no sub-account any more; close what exists now.

@@ -148,7 +148,11 @@ pub(crate) async fn set_step(
     Ok(())
 }
 
-pub(crate) async fn set_saga(conn: &mut PgConnection, id: i64, state: &str) -> Result<(), sqlx::Error> {
+pub(crate) async fn set_saga(
+    conn: &mut PgConnection,
+    id: i64,
+    state: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query("update onboard.onboarding set state = $2, updated_at = now() where id = $1")
         .bind(id)
         .bind(state)
@@ -266,7 +270,10 @@ pub async fn has_live_job(conn: &mut PgConnection, saga: &Saga) -> Result<bool, 
 
 /// Cancels every waiting or running job of the saga's current run (a running one's handler
 /// then finds its job gone and commits nothing). Returns how many.
-pub(crate) async fn cancel_live_jobs(conn: &mut PgConnection, saga: &Saga) -> Result<u64, sqlx::Error> {
+pub(crate) async fn cancel_live_jobs(
+    conn: &mut PgConnection,
+    saga: &Saga,
+) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query(
         "update onboard.job
             set state = 'cancelled', finalized_at = now(), cancel_requested = true,
@@ -373,7 +380,10 @@ pub async fn begin_compensation(conn: &mut PgConnection, saga: &Saga) -> Result<
 
 /// Enqueues the compensation of the highest step that started and is not compensated yet, or
 /// ends the saga `compensated` when none is left.
-pub(crate) async fn next_compensation(conn: &mut PgConnection, saga: &Saga) -> Result<(), sqlx::Error> {
+pub(crate) async fn next_compensation(
+    conn: &mut PgConnection,
+    saga: &Saga,
+) -> Result<(), sqlx::Error> {
     let next: Option<String> = sqlx::query_scalar(
         "select name from onboard.onboarding_step
           where onboarding_id = $1 and state in ('pending', 'done', 'failed', 'running', 'compensating')
@@ -436,7 +446,11 @@ pub async fn compensation_failed(
 }
 
 /// Ends the saga in `state` and enqueues the merge of that state into Clerk's metadata.
-pub(crate) async fn finish(conn: &mut PgConnection, id: i64, state: &str) -> Result<(), sqlx::Error> {
+pub(crate) async fn finish(
+    conn: &mut PgConnection,
+    id: i64,
+    state: &str,
+) -> Result<(), sqlx::Error> {
     set_saga(conn, id, state).await?;
     let org_status = match state {
         "completed" | "completed_with_errors" => Some("active"),
@@ -467,4 +481,3 @@ pub(crate) async fn finish(conn: &mut PgConnection, id: i64, state: &str) -> Res
     .await?;
     Ok(())
 }
-

@@ -261,7 +261,9 @@ async fn lock_job(conn: &mut PgConnection, job_id: i64) -> Result<JobRow, SagaEr
             let step = undo.unwrap_or(name);
             let step = STEPS.iter().find(|s| **s == step)?;
             match undo {
-                Some(_) => compensable_steps().contains(step).then_some(SagaJob::Undo(step)),
+                Some(_) => compensable_steps()
+                    .contains(step)
+                    .then_some(SagaJob::Undo(step)),
                 None => Some(SagaJob::Step(step)),
             }
         })

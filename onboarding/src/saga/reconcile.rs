@@ -86,7 +86,8 @@ pub async fn reconcile(conn: &mut PgConnection) -> Result<Option<Reconciled>, sq
         if saga.is_terminal() || has_live_job(conn, &saga).await? {
             continue;
         }
-        let reason = "its job ended without settling the saga (discarded or cancelled outside its handler)";
+        let reason =
+            "its job ended without settling the saga (discarded or cancelled outside its handler)";
         if saga.state == "running" {
             let current: Option<String> = sqlx::query_scalar(
                 "select name from onboard.onboarding_step
@@ -127,11 +128,12 @@ pub async fn reconcile(conn: &mut PgConnection) -> Result<Option<Reconciled>, sq
 
 /// Locks the saga's row unless someone holds it.
 async fn try_lock(conn: &mut PgConnection, id: i64) -> Result<Option<Saga>, sqlx::Error> {
-    let locked: Option<i64> =
-        sqlx::query_scalar("select id from onboard.onboarding where id = $1 for update skip locked")
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let locked: Option<i64> = sqlx::query_scalar(
+        "select id from onboard.onboarding where id = $1 for update skip locked",
+    )
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
     match locked {
         Some(id) => super::lock(conn, id).await,
         None => Ok(None),

@@ -507,9 +507,7 @@ async fn sagas_whose_settling_attempt_ended_outside_the_handler_are_settled_by_t
 
     stack.start_worker();
     stack.wait_saga(running, "compensated").await;
-    stack
-        .wait_saga(compensating, "compensation_failed")
-        .await;
+    stack.wait_saga(compensating, "compensation_failed").await;
     stack.wait_idle().await;
     let discarded: i64 = sqlx::query_scalar(
         "select count(*) from onboard.job where lease_owner is null and state = 'discarded'
@@ -537,7 +535,9 @@ async fn a_step_attempt_whose_lease_was_lost_commits_nothing() {
         .unwrap();
     let (org, user) = ("org_fenced1", "user_fenced1");
     stack.sandbox.register(org, "acme-slow-twilio").await;
-    stack.deliver(&user_created(user, "owner@fenced.test")).await;
+    stack
+        .deliver(&user_created(user, "owner@fenced.test"))
+        .await;
     stack
         .deliver(&organization_created(org, "acme-slow-twilio", user))
         .await;
@@ -816,7 +816,9 @@ async fn organization_deleted_during_a_running_saga_cancels_it_and_compensates()
     let stack = Stack::start(StackOptions::default()).await;
     let (org, user) = ("org_cancel1", "user_cancel1");
     stack.sandbox.register(org, "acme-flaky-twilio").await;
-    stack.deliver(&user_created(user, "owner@cancel.test")).await;
+    stack
+        .deliver(&user_created(user, "owner@cancel.test"))
+        .await;
     stack
         .deliver(&organization_created(org, "acme-flaky-twilio", user))
         .await;
