@@ -481,3 +481,44 @@ pub(crate) async fn finish(
     .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_without_a_run_belongs_to_run_1_and_run_1_keeps_the_original_keys() {
+        let legacy = JobTarget::from_args(&json!({ "onboarding_id": 7 })).unwrap();
+        assert_eq!(
+            legacy,
+            JobTarget {
+                onboarding_id: 7,
+                run: 1
+            }
+        );
+        let later = JobTarget::from_args(&json!({ "onboarding_id": 7, "run": 3 })).unwrap();
+        assert_eq!(later.run, 3);
+        assert_eq!(JobTarget::from_args(&json!({ "run": 3 })), None);
+        assert_eq!(
+            job_key(7, 1, "create_org_record"),
+            "onboarding:7:create_org_record"
+        );
+        assert_eq!(
+            job_key(7, 3, "undo_twilio_subaccount"),
+            "onboarding:7:run3:undo_twilio_subaccount"
+        );
+    }
+
+    #[test]
+    fn only_the_steps_up_to_the_point_of_no_return_have_a_compensation() {
+        assert_eq!(
+            compensable_steps(),
+            [
+                "create_org_record",
+                "default_permissions",
+                "twilio_subaccount"
+            ]
+        );
+        assert_eq!(job_names().len(), STEPS.len() + 3);
+    }
+}

@@ -767,6 +767,11 @@ async fn restart_fences_the_previous_runs_leftover_step_jobs() {
         "cancelled",
         "restart cancels the previous run's live jobs"
     );
+    // The reconciler finds the new run's job (its keys name the run) and leaves the saga be.
+    let mut tx = stack.db.pool.begin().await.unwrap();
+    let reconciled = onboarding::saga::reconcile(&mut tx).await.unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(reconciled, Some(onboarding::saga::Reconciled::default()));
     // Even revived by hand, the previous run's job changes nothing.
     jobs::admin::retry_now(&stack.db.pool, leftover)
         .await
