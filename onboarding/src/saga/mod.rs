@@ -15,7 +15,9 @@ mod reconcile;
 pub use operator::{
     JobCancelled, SagaError, cancel, cancel_step_job, restart, retry, retry_step_job,
 };
-pub use reconcile::{RECONCILE_EVERY, RECONCILE_KIND, Reconciled, reconcile, reconcile_job};
+pub use reconcile::{
+    RECONCILE_EVERY, RECONCILE_KIND, Reconciled, reconcile, reconcile_job, stranded,
+};
 
 use serde_json::{Value, json};
 use sqlx::{PgConnection, Row};

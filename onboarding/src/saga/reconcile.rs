@@ -72,11 +72,7 @@ pub async fn reconcile(conn: &mut PgConnection) -> Result<Option<Reconciled>, sq
     if !locked {
         return Ok(None);
     }
-    let candidates: Vec<i64> = sqlx::query_scalar(UNSETTLED)
-        .bind(job_names())
-        .bind(BATCH)
-        .fetch_all(&mut *conn)
-        .await?;
+    let candidates = stranded(conn, BATCH).await?;
     let mut done = Reconciled::default();
     for id in candidates {
         let Some(saga) = try_lock(conn, id).await? else {
@@ -124,6 +120,16 @@ pub async fn reconcile(conn: &mut PgConnection) -> Result<Option<Reconciled>, sq
         );
     }
     Ok(Some(done))
+}
+
+/// Up to `limit` sagas, oldest first, that are not terminal and have no live job of their
+/// current run: what [`reconcile`] settles (none, once it has run, is the invariant).
+pub async fn stranded(conn: &mut PgConnection, limit: i64) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar(UNSETTLED)
+        .bind(job_names())
+        .bind(limit)
+        .fetch_all(conn)
+        .await
 }
 
 /// Locks the saga's row unless someone holds it.

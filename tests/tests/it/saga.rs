@@ -518,6 +518,10 @@ async fn sagas_whose_settling_attempt_ended_outside_the_handler_are_settled_by_t
     .unwrap();
     assert_eq!(discarded, 2, "the reaper discarded both settling attempts");
     assert_eq!(stranded_sagas(&stack).await, Vec::<i64>::new());
+    let mut conn = stack.db.pool.acquire().await.unwrap();
+    let stranded = onboarding::saga::stranded(&mut conn, 100).await.unwrap();
+    assert_eq!(stranded, Vec::<i64>::new());
+    drop(conn);
     stack.stop().await;
 }
 
@@ -768,6 +772,9 @@ async fn restart_fences_the_previous_runs_leftover_step_jobs() {
         "restart cancels the previous run's live jobs"
     );
     // The reconciler finds the new run's job (its keys name the run) and leaves the saga be.
+    let mut conn = stack.db.pool.acquire().await.unwrap();
+    let stranded = onboarding::saga::stranded(&mut conn, 100).await.unwrap();
+    assert_eq!(stranded, Vec::<i64>::new());
     let mut tx = stack.db.pool.begin().await.unwrap();
     let reconciled = onboarding::saga::reconcile(&mut tx).await.unwrap();
     tx.rollback().await.unwrap();
