@@ -73,6 +73,7 @@ pub async fn create_onboarding(
         IdempotentStart::Fresh(started) => started.onboarding_id,
         IdempotentStart::Replayed { onboarding_id } => onboarding_id,
         IdempotentStart::KeyReused => return Err(ApiError::IdempotencyKeyReused),
+        IdempotentStart::OrganizationDeleted => return Err(ApiError::OrganizationDeleted),
     };
     let status_url = state.status_url(id);
     let mut response = (

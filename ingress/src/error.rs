@@ -44,6 +44,9 @@ pub enum ApiError {
     /// The idempotency key was used before with another request.
     #[error("this Idempotency-Key was used with a different request")]
     IdempotencyKeyReused,
+    /// The organization was deleted: it is never onboarded (`409`).
+    #[error("this organization was deleted; it cannot be onboarded")]
+    OrganizationDeleted,
     /// The request body or query is invalid; every bad field is named.
     #[error("invalid request: {}", describe(.0))]
     Invalid(Vec<FieldError>),
@@ -124,6 +127,7 @@ impl ApiError {
             ApiError::IdempotencyKeyReused => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
             }
+            ApiError::OrganizationDeleted => (StatusCode::CONFLICT, "organization_deleted"),
             ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),

@@ -139,6 +139,31 @@ pub async fn complete(conn: &mut PgConnection, id: i64, attempt: i32) -> Result<
     Ok(done.rows_affected() == 1)
 }
 
+/// True while attempt `attempt` still holds running job `id`; the job's row then stays locked
+/// for the rest of the caller's transaction, so no reaper or ack can take the job from this
+/// attempt before it commits. Call it right before committing work done for the attempt.
+pub async fn hold(conn: &mut PgConnection, id: i64, attempt: i32) -> Result<bool, sqlx::Error> {
+    let held: Option<i64> = sqlx::query_scalar(
+        "select id from onboard.job where id = $1 and attempt = $2 and state = 'running' for no key update",
+    )
+    .bind(id)
+    .bind(attempt)
+    .fetch_optional(conn)
+    .await?;
+    Ok(held.is_some())
+}
+
+/// True while attempt `attempt` still holds running job `id` (no lock taken).
+pub async fn holds(conn: &mut PgConnection, id: i64, attempt: i32) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "select exists (select 1 from onboard.job where id = $1 and attempt = $2 and state = 'running')",
+    )
+    .bind(id)
+    .bind(attempt)
+    .fetch_one(conn)
+    .await
+}
+
 /// Discards a running job inside the caller's transaction, fenced by its attempt, recording
 /// `message` as that attempt's error. Returns false when the attempt no longer holds the job.
 pub async fn discard(

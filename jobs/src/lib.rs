@@ -13,7 +13,7 @@ pub mod notify;
 pub mod policy;
 
 pub use backend::{PgBackend, QueueConfig};
-pub use enqueue::{Enqueued, complete, discard, enqueue, enqueue_many};
+pub use enqueue::{Enqueued, complete, discard, enqueue, enqueue_many, hold, holds};
 pub use error::JobError;
 pub use job::{AnyJob, Cancellation, JobArgs, JobContext, JobKind, JobState, NewJob};
 pub use policy::{KindOptions, Kinds, RetryPolicy};

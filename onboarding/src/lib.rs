@@ -14,4 +14,4 @@ pub mod start;
 
 pub use id::{ClerkOrgId, ClerkUserId, EmailAddress, IdempotencyKey, Invalid, SvixId};
 pub use request::{Creator, OnboardingRequest, Source};
-pub use start::{Started, start, start_from_inbox};
+pub use start::{StartError, Started, start, start_from_inbox};

@@ -55,7 +55,7 @@ saga_steps as (
 ),
 first_job as (
     insert into onboard.job (kind, queue, args, max_attempts, unique_key)
-    select $5, $6, jsonb_build_object('onboarding_id', saga.id), $7,
+    select $5, $6, jsonb_build_object('onboarding_id', saga.id, 'run', 1), $7,
            'onboarding:' || saga.id || ':' || $8::text
       from saga
     returning id
@@ -64,13 +64,31 @@ select saga.id, (select id from first_job) from saga";
 
 const FIND_ID: &str = "select id from onboard.onboarding where clerk_org_id = $1";
 
+/// True when `organization.deleted` tombstoned the organization. The share lock serialises
+/// this check with a concurrent deletion (which updates the row); a deletion that inserts the
+/// tombstone after this check finds the saga and cancels it.
+const DELETED: &str = "
+select deleted_at is not null from onboard.organization where clerk_org_id = $1 for share";
+
+/// Why [`start`] started nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The organization was deleted: it is never onboarded (API: `409 organization_deleted`).
+    #[error("organization {0} was deleted")]
+    OrganizationDeleted(String),
+    /// The database failed; retrying may help.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
 /// Starts the organization's onboarding unless it already has one: inserts the saga, its step
 /// rows and the first step's job (unique key `onboarding:<id>:create_org_record`) on the
-/// caller's connection or transaction (`&mut *tx`). Returns the existing saga otherwise.
+/// caller's connection or transaction (`&mut *tx`). Returns the existing saga otherwise, and
+/// refuses an organization that was deleted.
 pub async fn start(
     conn: &mut PgConnection,
     request: &OnboardingRequest,
-) -> Result<Started, sqlx::Error> {
+) -> Result<Started, StartError> {
     start_with_inbox(conn, request, None).await
 }
 
@@ -79,7 +97,16 @@ async fn start_with_inbox(
     conn: &mut PgConnection,
     request: &OnboardingRequest,
     inbox_id: Option<i64>,
-) -> Result<Started, sqlx::Error> {
+) -> Result<Started, StartError> {
+    let deleted: Option<bool> = sqlx::query_scalar(DELETED)
+        .bind(request.org_id.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+    if deleted == Some(true) {
+        return Err(StartError::OrganizationDeleted(
+            request.org_id.as_str().to_owned(),
+        ));
+    }
     loop {
         let row: Option<(i64, Option<i64>)> = sqlx::query_as(START)
             .bind(request.org_id.as_str())
@@ -136,9 +163,21 @@ pub enum InboxStartError {
         /// What is wrong with it.
         source: crate::inbox::EnvelopeError,
     },
+    /// The organization was deleted before its creation was processed: it is not onboarded.
+    #[error("organization {0} was deleted")]
+    OrganizationDeleted(String),
     /// The database failed; retrying may help.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+}
+
+impl From<StartError> for InboxStartError {
+    fn from(error: StartError) -> Self {
+        match error {
+            StartError::OrganizationDeleted(org) => InboxStartError::OrganizationDeleted(org),
+            StartError::Database(e) => InboxStartError::Database(e),
+        }
+    }
 }
 
 impl InboxStartError {
@@ -188,6 +227,8 @@ pub enum IdempotentStart {
     },
     /// The key was used before with another request.
     KeyReused,
+    /// The organization was deleted: nothing started, the key stays unused.
+    OrganizationDeleted,
 }
 
 const CLAIM_KEY: &str = "
@@ -224,7 +265,14 @@ pub async fn start_idempotent(
             .rows_affected()
             == 1;
         if claimed {
-            let started = start(&mut tx, request).await?;
+            let started = match start(&mut tx, request).await {
+                Ok(started) => started,
+                Err(StartError::OrganizationDeleted(_)) => {
+                    tx.rollback().await?;
+                    return Ok(IdempotentStart::OrganizationDeleted);
+                }
+                Err(StartError::Database(e)) => return Err(e),
+            };
             sqlx::query(SAVE_KEY)
                 .bind(api_key_id)
                 .bind(key.as_str())

@@ -9,7 +9,7 @@ use std::time::Duration;
 use apalis_core::monitor::Monitor;
 use apalis_core::worker::builder::WorkerBuilder;
 use futures::future::BoxFuture;
-use jobs::maintenance::Maintenance;
+use jobs::maintenance::{Maintenance, PeriodicJob};
 use jobs::{AnyJob, JobContext, JobError, PgBackend, QueueConfig};
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -18,11 +18,12 @@ use tokio::sync::watch;
 pub type Handler =
     Arc<dyn Fn(AnyJob, JobContext) -> BoxFuture<'static, Result<(), JobError>> + Send + Sync>;
 
-/// Handlers by kind, and the queues to serve.
+/// Handlers by kind, the queues to serve and the periodic jobs to schedule.
 #[derive(Clone, Default)]
 pub struct Registry {
     handlers: HashMap<String, Handler>,
     queues: Vec<QueueConfig>,
+    periodic: Vec<PeriodicJob>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -41,6 +42,12 @@ impl Registry {
     /// Serves `config.queue` with a worker.
     pub fn queue(mut self, config: QueueConfig) -> Self {
         self.queues.push(config);
+        self
+    }
+
+    /// Enqueues `job` once per tick across all replicas (by the maintenance `Scheduler`).
+    pub fn periodic(mut self, job: PeriodicJob) -> Self {
+        self.periodic.push(job);
         self
     }
 
@@ -96,6 +103,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
+    let mut settings = settings;
+    settings
+        .maintenance
+        .scheduler
+        .jobs
+        .extend(registry.periodic.iter().cloned());
     let registry = Arc::new(registry);
     let mut monitor = Monitor::new()
         .should_restart(|worker, error| {

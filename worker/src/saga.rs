@@ -1,18 +1,20 @@
 //! The onboarding saga's job handlers: each step, each compensation (`undo_<step>`), the Clerk
 //! metadata merge when a saga ends, and offboarding.
 //!
-//! Every handler holds its saga's row lock for the whole attempt, external call included, so
-//! work on one organization is serialised: a cancellation or compensation never races a step
-//! in flight. A step's success, its output, the next job and the fenced completion of the
-//! step's own job commit in one transaction; so does a final failure with the compensations
-//! it starts.
+//! One driver runs every step and every compensation ([`Action`]): lock the saga's row, check
+//! the saga is still in the action's phase and run, act, then record success, a retry or the
+//! final failure. The lock is held for the whole attempt, external call included, so work on
+//! one organization is serialised: a cancellation or compensation never races a step in
+//! flight. A step's success, its output, the next job and the fenced completion of the step's
+//! own job commit in one transaction; so does a final failure with the compensations it
+//! starts. An attempt that no longer holds its job (lease lost, cancelled) commits nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use jobs::{AnyJob, JobContext, JobError, KindOptions, Kinds, QueueConfig, RetryPolicy};
-use onboarding::saga::{self, EMAIL_QUEUE, OFFBOARD_KIND, SYNC_METADATA_KIND, Saga};
-use onboarding::start::{QUEUE, STEP_MAX_ATTEMPTS, STEPS};
+use onboarding::saga::{self, EMAIL_QUEUE, JobTarget, OFFBOARD_KIND, SYNC_METADATA_KIND, Saga};
+use onboarding::start::{QUEUE, STEPS};
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
 
@@ -104,19 +106,33 @@ pub fn register(mut registry: Registry, pool: PgPool, providers: Arc<Providers>)
     for step in STEPS {
         let (pool, providers) = (pool.clone(), providers.clone());
         registry = registry.handle(saga::step_kind(step), move |job, ctx| {
-            run_step(pool.clone(), providers.clone(), step, job, ctx)
+            run_action(
+                pool.clone(),
+                providers.clone(),
+                Action::Step(step),
+                job,
+                ctx,
+            )
         });
     }
-    for step in [
-        "create_org_record",
-        "default_permissions",
-        "twilio_subaccount",
-    ] {
+    for step in saga::compensable_steps() {
         let (pool, providers) = (pool.clone(), providers.clone());
         registry = registry.handle(saga::undo_kind(step), move |job, ctx| {
-            run_undo(pool.clone(), providers.clone(), step, job, ctx)
+            run_action(
+                pool.clone(),
+                providers.clone(),
+                Action::Undo(step),
+                job,
+                ctx,
+            )
         });
     }
+    let reconcile_pool = pool.clone();
+    registry = registry
+        .periodic(saga::reconcile_job())
+        .handle(saga::RECONCILE_KIND, move |_job, ctx| {
+            reconcile(reconcile_pool.clone(), ctx)
+        });
     let start_pool = pool.clone();
     registry = registry.handle(
         onboarding::inbox::ORGANIZATION_CREATED_KIND,
@@ -145,45 +161,20 @@ async fn start_onboarding(pool: PgPool, job: AnyJob, ctx: JobContext) -> Result<
             onboarding::clerk_event::EventError::Database(e) => retry(e),
             other => JobError::permanent(other),
         })?;
-    // An organization deleted before its creation was processed is not onboarded: its deletion
-    // (serialised with this transaction by the organization row's lock) already offboarded it.
-    let deleted: bool = sqlx::query_scalar(
-        "select coalesce(bool_or(o.deleted_at is not null), false)
-           from onboard.inbox i join onboard.organization o on o.clerk_org_id = i.payload->'data'->>'id'
-          where i.id = $1",
-    )
-    .bind(inbox_id)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(retry)?;
-    if deleted {
-        jobs::complete(&mut tx, ctx.id, ctx.attempt)
-            .await
-            .map_err(retry)?;
-        tx.commit().await.map_err(retry)?;
-        tracing::info!(inbox_id, "organization already deleted: not onboarding it");
-        return Ok(());
-    }
-    // …and its one saga, in the same transaction.
-    let started = onboarding::start::start_from_inbox(&mut tx, inbox_id)
-        .await
-        .map_err(|e| {
-            if e.is_permanent() {
-                JobError::permanent(e)
-            } else {
-                retry(e)
-            }
-        })?;
-    if !jobs::complete(&mut tx, ctx.id, ctx.attempt)
-        .await
-        .map_err(retry)?
-    {
-        return Err(retry(format!(
-            "attempt {} no longer holds job {}",
-            ctx.attempt, ctx.id
-        )));
-    }
-    tx.commit().await.map_err(retry)?;
+    // …and its one saga, in the same transaction. An organization deleted before its creation
+    // was processed is not onboarded: its deletion (serialised with this transaction by the
+    // organization row's lock) already offboarded it.
+    let started = match onboarding::start::start_from_inbox(&mut tx, inbox_id).await {
+        Ok(started) => started,
+        Err(onboarding::start::InboxStartError::OrganizationDeleted(_)) => {
+            commit_held(tx, &ctx, Verdict::Complete).await?;
+            tracing::info!(inbox_id, "organization already deleted: not onboarding it");
+            return Ok(());
+        }
+        Err(e) if e.is_permanent() => return Err(JobError::permanent(e)),
+        Err(e) => return Err(retry(e)),
+    };
+    commit_held(tx, &ctx, Verdict::Complete).await?;
     tracing::info!(
         inbox_id,
         onboarding = started.onboarding_id,
@@ -193,88 +184,216 @@ async fn start_onboarding(pool: PgPool, job: AnyJob, ctx: JobContext) -> Result<
     Ok(())
 }
 
-/// Discards this attempt's own job in the transaction that recorded the failure, and commits:
-/// the runtime's later acknowledgement of the attempt is then a fenced no-op.
-async fn discard_and_commit(
-    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
-    ctx: &JobContext,
-    message: String,
-) -> JobError {
-    let done = async {
-        jobs::discard(&mut tx, ctx.id, ctx.attempt, &message).await?;
-        tx.commit().await
-    };
-    match done.await {
-        Ok(()) => JobError::Permanent(message),
-        Err(error) => retry(error),
-    }
+/// What an attempt does with its own job in the transaction that records its outcome.
+enum Verdict<'a> {
+    /// Completes it (the step or compensation is settled).
+    Complete,
+    /// Leaves it running: the runtime records the retry after this commit.
+    Retry,
+    /// Discards it with this message (failed for good).
+    Discard(&'a str),
 }
 
-fn give_up(step: &str) -> StepError {
-    StepError::Permanent(format!(
-        "{step} gave up after {STEP_MAX_ATTEMPTS} attempts; the last ended without an answer (timeout, panic or lost lease)"
+/// Applies the verdict to this attempt's own job, fenced by its attempt, and commits; when
+/// the attempt no longer holds the job (its lease was lost, an operator cancelled it) it rolls
+/// back instead: a fenced-out attempt commits nothing. The runtime's later acknowledgement of
+/// the attempt is then a fenced no-op.
+async fn commit_held(
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    ctx: &JobContext,
+    verdict: Verdict<'_>,
+) -> Result<(), JobError> {
+    let held = match verdict {
+        Verdict::Complete => jobs::complete(&mut tx, ctx.id, ctx.attempt).await,
+        Verdict::Retry => jobs::hold(&mut tx, ctx.id, ctx.attempt).await,
+        Verdict::Discard(message) => jobs::discard(&mut tx, ctx.id, ctx.attempt, message).await,
+    }
+    .map_err(retry)?;
+    if !held {
+        tx.rollback().await.map_err(retry)?;
+        return Err(fenced_out(ctx));
+    }
+    tx.commit().await.map_err(retry)
+}
+
+fn fenced_out(ctx: &JobContext) -> JobError {
+    tracing::warn!(
+        job = ctx.id,
+        attempt = ctx.attempt,
+        "attempt no longer holds its job: committed nothing"
+    );
+    retry(format!(
+        "attempt {} no longer holds job {}: committed nothing",
+        ctx.attempt, ctx.id
     ))
 }
 
-fn saga_id(job: &AnyJob) -> Result<i64, JobError> {
-    job.args["onboarding_id"]
-        .as_i64()
-        .ok_or_else(|| JobError::permanent("job arguments lack onboarding_id"))
+fn give_up(step: &str, ctx: &JobContext) -> StepError {
+    StepError::Permanent(format!(
+        "{step} gave up after {} attempts; the last ended without an answer (timeout, panic or lost lease)",
+        ctx.max_attempts - 1
+    ))
 }
 
-async fn run_step(
+/// What a saga job does: a step, or the compensation (`undo_<step>`) of one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Step(&'static str),
+    Undo(&'static str),
+}
+
+impl Action {
+    fn step(self) -> &'static str {
+        match self {
+            Action::Step(step) | Action::Undo(step) => step,
+        }
+    }
+
+    /// The saga state in which the action runs.
+    fn phase(self) -> &'static str {
+        match self {
+            Action::Step(_) => "running",
+            Action::Undo(_) => "compensating",
+        }
+    }
+
+    /// The saga left the action's phase (or run) since the job was enqueued.
+    async fn skip(self, conn: &mut PgConnection, saga: &Saga) -> Result<(), sqlx::Error> {
+        match self {
+            Action::Step(step) => saga::step_skipped(conn, saga.id, step).await,
+            Action::Undo(_) => Ok(()),
+        }
+    }
+
+    async fn act(
+        self,
+        conn: &mut PgConnection,
+        providers: &Providers,
+        saga: &Saga,
+    ) -> Result<Value, StepError> {
+        match self {
+            Action::Step(step) => {
+                saga::step_started(conn, saga.id, step).await?;
+                perform(conn, providers, step, saga).await
+            }
+            Action::Undo(step) => undo(conn, providers, step, saga).await,
+        }
+    }
+
+    async fn succeeded(
+        self,
+        conn: &mut PgConnection,
+        saga: &Saga,
+        output: &Value,
+    ) -> Result<(), sqlx::Error> {
+        match self {
+            Action::Step(step) => saga::step_succeeded(conn, saga, step, output).await,
+            Action::Undo(step) => saga::compensation_succeeded(conn, saga, step, output).await,
+        }
+    }
+
+    async fn attempt_failed(
+        self,
+        conn: &mut PgConnection,
+        saga: &Saga,
+        message: &str,
+    ) -> Result<(), sqlx::Error> {
+        match self {
+            Action::Step(step) => saga::step_attempt_failed(conn, saga.id, step, message).await,
+            Action::Undo(step) => {
+                saga::compensation_attempt_failed(conn, saga, step, message).await
+            }
+        }
+    }
+
+    async fn failed(
+        self,
+        conn: &mut PgConnection,
+        saga: &Saga,
+        message: &str,
+    ) -> Result<(), sqlx::Error> {
+        match self {
+            Action::Step(step) => saga::step_failed(conn, saga, step, message).await,
+            Action::Undo(step) => saga::compensation_failed(conn, saga, step, message).await,
+        }
+    }
+}
+
+/// The one saga driver: lock, check, act, then success, retry or final failure. A job's
+/// last attempt (`max_attempts`) only settles the saga: it fails the action for good when
+/// the attempt before it ended outside this handler (timeout, panic, lost lease).
+async fn run_action(
     pool: PgPool,
     providers: Arc<Providers>,
-    step: &'static str,
+    action: Action,
     job: AnyJob,
     ctx: JobContext,
 ) -> Result<(), JobError> {
-    let id = saga_id(&job)?;
+    let target = JobTarget::from_args(&job.args)
+        .ok_or_else(|| JobError::permanent("job arguments lack onboarding_id"))?;
+    let id = target.onboarding_id;
+    let step = action.step();
     let mut tx = pool.begin().await.map_err(retry)?;
     let Some(saga) = saga::lock(&mut tx, id).await.map_err(retry)? else {
         return Err(JobError::permanent(format!("no onboarding {id}")));
     };
-    if saga.state != "running" {
-        // Cancelled or compensating since this job was enqueued: nothing to do.
-        saga::step_skipped(&mut tx, id, step).await.map_err(retry)?;
-        jobs::complete(&mut tx, ctx.id, ctx.attempt)
-            .await
-            .map_err(retry)?;
-        return tx.commit().await.map_err(retry);
+    // Under the saga's lock: an attempt that lost its job does not act at all.
+    if !jobs::holds(&mut tx, ctx.id, ctx.attempt)
+        .await
+        .map_err(retry)?
+    {
+        return Err(fenced_out(&ctx));
     }
-    let result = if ctx.attempt > STEP_MAX_ATTEMPTS {
-        // The last real attempt ended outside this handler (timeout, panic, lost lease).
-        Err(give_up(step))
+    if saga.run != target.run || saga.state != action.phase() {
+        // Cancelled, compensating, ended or restarted since this job was enqueued.
+        if saga.run == target.run {
+            action.skip(&mut tx, &saga).await.map_err(retry)?;
+        }
+        return commit_held(tx, &ctx, Verdict::Complete).await;
+    }
+    let result = if ctx.attempt >= ctx.max_attempts {
+        Err(give_up(step, &ctx))
     } else {
-        saga::step_started(&mut tx, id, step).await.map_err(retry)?;
-        perform(&mut tx, &providers, step, &saga).await
+        action.act(&mut tx, &providers, &saga).await
     };
     match result {
         Ok(output) => {
-            saga::step_succeeded(&mut tx, &saga, step, &output)
+            action
+                .succeeded(&mut tx, &saga, &output)
                 .await
                 .map_err(retry)?;
-            jobs::complete(&mut tx, ctx.id, ctx.attempt)
-                .await
-                .map_err(retry)?;
-            tx.commit().await.map_err(retry)
+            commit_held(tx, &ctx, Verdict::Complete).await
         }
-        Err(StepError::Retry(message, after)) if ctx.attempt < STEP_MAX_ATTEMPTS => {
-            tracing::warn!(onboarding = id, step, %message, "step attempt failed; retrying");
-            saga::step_attempt_failed(&mut tx, id, step, &message)
+        Err(StepError::Retry(message, after)) if ctx.attempt < ctx.max_attempts - 1 => {
+            tracing::warn!(onboarding = id, ?action, %message, "attempt failed; retrying");
+            action
+                .attempt_failed(&mut tx, &saga, &message)
                 .await
                 .map_err(retry)?;
-            tx.commit().await.map_err(retry)?;
+            commit_held(tx, &ctx, Verdict::Retry).await?;
             Err(StepError::Retry(message, after).into())
         }
         Err(StepError::Retry(message, _) | StepError::Permanent(message)) => {
-            tracing::error!(onboarding = id, step, %message, "step failed for good");
-            saga::step_failed(&mut tx, &saga, step, &message)
+            tracing::error!(onboarding = id, ?action, %message, "failed for good");
+            action
+                .failed(&mut tx, &saga, &message)
                 .await
                 .map_err(retry)?;
-            Err(discard_and_commit(tx, &ctx, message).await)
+            commit_held(tx, &ctx, Verdict::Discard(&message)).await?;
+            Err(JobError::Permanent(message))
         }
     }
+}
+
+/// The periodic reconciler: settles sagas left without a live job (one replica at a time).
+async fn reconcile(pool: PgPool, ctx: JobContext) -> Result<(), JobError> {
+    let mut tx = pool.begin().await.map_err(retry)?;
+    let done = saga::reconcile(&mut tx).await.map_err(retry)?;
+    commit_held(tx, &ctx, Verdict::Complete).await?;
+    if let Some(done) = done.filter(|d| *d != saga::Reconciled::default()) {
+        tracing::warn!(?done, "reconciled onboardings without a live job");
+    }
+    Ok(())
 }
 
 async fn perform(
@@ -450,52 +569,6 @@ async fn welcome_email(
     Ok(json!({ "sent_at": chrono::Utc::now(), "email_id": email_id, "recipient": recipient }))
 }
 
-async fn run_undo(
-    pool: PgPool,
-    providers: Arc<Providers>,
-    step: &'static str,
-    job: AnyJob,
-    ctx: JobContext,
-) -> Result<(), JobError> {
-    let id = saga_id(&job)?;
-    let mut tx = pool.begin().await.map_err(retry)?;
-    let Some(saga) = saga::lock(&mut tx, id).await.map_err(retry)? else {
-        return Err(JobError::permanent(format!("no onboarding {id}")));
-    };
-    if saga.state != "compensating" {
-        jobs::complete(&mut tx, ctx.id, ctx.attempt)
-            .await
-            .map_err(retry)?;
-        return tx.commit().await.map_err(retry);
-    }
-    let result = if ctx.attempt > STEP_MAX_ATTEMPTS {
-        Err(give_up(step))
-    } else {
-        undo(&mut tx, &providers, step, &saga).await
-    };
-    match result {
-        Ok(output) => {
-            saga::compensation_succeeded(&mut tx, id, step, &output)
-                .await
-                .map_err(retry)?;
-            jobs::complete(&mut tx, ctx.id, ctx.attempt)
-                .await
-                .map_err(retry)?;
-            tx.commit().await.map_err(retry)
-        }
-        Err(StepError::Retry(message, after)) if ctx.attempt < STEP_MAX_ATTEMPTS => {
-            tx.commit().await.map_err(retry)?;
-            Err(StepError::Retry(message, after).into())
-        }
-        Err(StepError::Retry(message, _) | StepError::Permanent(message)) => {
-            saga::compensation_failed(&mut tx, id, step, &message)
-                .await
-                .map_err(retry)?;
-            Err(discard_and_commit(tx, &ctx, message).await)
-        }
-    }
-}
-
 async fn undo(
     conn: &mut PgConnection,
     providers: &Providers,
@@ -561,7 +634,9 @@ async fn sync_metadata(
     providers: Arc<Providers>,
     job: AnyJob,
 ) -> Result<(), JobError> {
-    let id = saga_id(&job)?;
+    let id = JobTarget::from_args(&job.args)
+        .ok_or_else(|| JobError::permanent("job arguments lack onboarding_id"))?
+        .onboarding_id;
     let row: Option<(String, String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
         "select clerk_org_id, state, updated_at from onboard.onboarding where id = $1",
     )
@@ -583,8 +658,13 @@ async fn sync_metadata(
     }
 }
 
+/// How long offboarding waits for its organization's onboarding to end before closing the
+/// sub-accounts anyway (the reconciler ends every saga long before, unless a queue is paused).
+const OFFBOARD_MAX_WAIT: Duration = Duration::from_secs(3600);
+
 /// Offboards a deleted organization: a running saga is cancelled first and offboarding waits
-/// until it is terminal; then every sub-account named `org:<id>` is closed.
+/// (snoozing longer as it waits, at most [`OFFBOARD_MAX_WAIT`]) until it is terminal; then
+/// every sub-account named `org:<id>` is closed.
 async fn offboard(
     pool: PgPool,
     providers: Arc<Providers>,
@@ -595,20 +675,40 @@ async fn offboard(
         return Err(JobError::permanent("job arguments lack clerk_org_id"));
     };
     let mut tx = pool.begin().await.map_err(retry)?;
-    if let Some(saga) = saga::lock_by_org(&mut tx, &org).await.map_err(retry)? {
-        if saga.state == "running" {
-            let cancelled = saga::cancel(&mut tx, saga.id).await.map_err(retry)?;
-            tx.commit().await.map_err(retry)?;
+    if let Some(saga) = saga::lock_by_org(&mut tx, &org).await.map_err(retry)?
+        && !saga.is_terminal()
+    {
+        let cancelled = if saga.state == "running" {
+            saga::cancel(&mut tx, saga.id).await.map_err(retry)?
+        } else {
+            false
+        };
+        let waited: f64 = sqlx::query_scalar(
+            "select extract(epoch from now() - created_at)::float8 from onboard.job where id = $1",
+        )
+        .bind(ctx.id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(retry)?;
+        let waited = Duration::from_secs_f64(waited.max(0.0));
+        if waited < OFFBOARD_MAX_WAIT {
+            commit_held(tx, &ctx, Verdict::Retry).await?;
             tracing::info!(
                 onboarding = saga.id,
                 cancelled,
                 "organization deleted: waiting for its onboarding to end"
             );
-            return Err(JobError::Snooze(Duration::from_secs(1)));
+            return Err(JobError::Snooze(
+                (waited / 10).clamp(Duration::from_secs(1), Duration::from_secs(60)),
+            ));
         }
-        if !saga.is_terminal() {
-            return Err(JobError::Snooze(Duration::from_secs(1)));
-        }
+        // Past the wait: a cancelled saga compensates by itself, one past its point of no
+        // return creates no sub-account any more; close what exists now.
+        tracing::warn!(
+            onboarding = saga.id,
+            state = %saga.state,
+            "organization deleted: its onboarding has not ended; offboarding anyway"
+        );
     }
     let closed = close_subaccounts(&providers.twilio, &org)
         .await
@@ -618,10 +718,7 @@ async fn offboard(
         .execute(&mut *tx)
         .await
         .map_err(retry)?;
-    jobs::complete(&mut tx, ctx.id, ctx.attempt)
-        .await
-        .map_err(retry)?;
-    tx.commit().await.map_err(retry)?;
+    commit_held(tx, &ctx, Verdict::Complete).await?;
     tracing::info!(%org, ?closed, "organization offboarded");
     Ok(())
 }

@@ -1485,7 +1485,7 @@ async fn the_organization_created_job_starts_one_saga_from_the_stored_delivery()
     .unwrap();
     assert_eq!(queue, "onboarding");
     assert_eq!(key, format!("onboarding:{saga_id}:create_org_record"));
-    assert_eq!(args, json!({"onboarding_id": saga_id}));
+    assert_eq!(args, json!({"onboarding_id": saga_id, "run": 1}));
 
     // A second run (a retried job, a replayed delivery of another svix-id) finds the saga.
     let again = start_from_delivery(&db, "msg_start").await;

@@ -5,6 +5,19 @@
 //! Saga: `running` → `completed` | `completed_with_errors` | `compensating`;
 //! `compensating` → `compensated` | `compensation_failed`.
 //! Steps: `pending`, `running`, `done`, `failed`, `compensating`, `compensated`, `skipped`.
+//!
+//! A saga's *run* starts at 1 and grows at each operator restart or retry; every step and
+//! compensation job carries its run, and a job of an earlier run changes nothing.
+
+mod operator;
+mod reconcile;
+
+pub use operator::{
+    JobCancelled, SagaError, cancel, cancel_step_job, restart, retry, retry_step_job,
+};
+pub use reconcile::{
+    RECONCILE_EVERY, RECONCILE_KIND, Reconciled, reconcile, reconcile_job, stranded,
+};
 
 use serde_json::{Value, json};
 use sqlx::{PgConnection, Row};
@@ -21,24 +34,6 @@ pub const SYNC_METADATA_KIND: &str = "onboarding.sync_metadata";
 /// The kind that offboards a deleted organization (enqueued by `organization.deleted`).
 pub use crate::clerk_event::OFFBOARD_KIND;
 
-/// Errors of the saga's operations.
-#[derive(Debug, thiserror::Error)]
-pub enum SagaError {
-    /// No saga with that id.
-    #[error("no onboarding {0}")]
-    NotFound(i64),
-    /// The saga's state does not allow the action.
-    #[error("onboarding {id} is {state}: cannot {action}")]
-    WrongState {
-        id: i64,
-        state: String,
-        action: &'static str,
-    },
-    /// The database failed.
-    #[error(transparent)]
-    Database(#[from] sqlx::Error),
-}
-
 /// A saga row, locked for the rest of the caller's transaction.
 #[derive(Debug, Clone)]
 pub struct Saga {
@@ -50,6 +45,8 @@ pub struct Saga {
     pub state: String,
     /// The request that started it (org name, slug, creator).
     pub request: Value,
+    /// Its run: 1, plus one per operator restart or retry.
+    pub run: i32,
 }
 
 impl Saga {
@@ -80,7 +77,7 @@ pub fn undo_kind(step: &str) -> String {
 /// Locks the saga's row: work on one organization is serialised by this lock.
 pub async fn lock(conn: &mut PgConnection, id: i64) -> Result<Option<Saga>, sqlx::Error> {
     let row = sqlx::query(
-        "select id, clerk_org_id, state, request from onboard.onboarding where id = $1 for update",
+        "select id, clerk_org_id, state, request, run from onboard.onboarding where id = $1 for update",
     )
     .bind(id)
     .fetch_optional(&mut *conn)
@@ -91,6 +88,7 @@ pub async fn lock(conn: &mut PgConnection, id: i64) -> Result<Option<Saga>, sqlx
             clerk_org_id: row.try_get("clerk_org_id")?,
             state: row.try_get("state")?,
             request: row.try_get::<sqlx::types::Json<Value>, _>("request")?.0,
+            run: row.try_get("run")?,
         })
     })
     .transpose()
@@ -128,7 +126,7 @@ pub async fn step_output(
     Ok(output.map_or(json!({}), |o| o.0))
 }
 
-async fn set_step(
+pub(crate) async fn set_step(
     conn: &mut PgConnection,
     id: i64,
     step: &str,
@@ -152,7 +150,11 @@ async fn set_step(
     Ok(())
 }
 
-async fn set_saga(conn: &mut PgConnection, id: i64, state: &str) -> Result<(), sqlx::Error> {
+pub(crate) async fn set_saga(
+    conn: &mut PgConnection,
+    id: i64,
+    state: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query("update onboard.onboarding set state = $2, updated_at = now() where id = $1")
         .bind(id)
         .bind(state)
@@ -197,23 +199,116 @@ pub async fn step_skipped(conn: &mut PgConnection, id: i64, step: &str) -> Resul
     Ok(())
 }
 
-fn step_job(saga_id: i64, step: &str) -> NewJob {
+/// The steps that have a compensation (those up to the point of no return).
+pub fn compensable_steps() -> &'static [&'static str] {
+    let last = STEPS
+        .iter()
+        .position(|s| *s == POINT_OF_NO_RETURN)
+        .unwrap_or(STEPS.len() - 1);
+    &STEPS[..=last]
+}
+
+/// The saga and run a step or compensation job belongs to, read from its arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobTarget {
+    /// The saga's id.
+    pub onboarding_id: i64,
+    /// The run the job was enqueued for (1 when the arguments have none).
+    pub run: i32,
+}
+
+impl JobTarget {
+    /// Reads `{"onboarding_id": …, "run": …}`; `None` without an `onboarding_id`.
+    pub fn from_args(args: &Value) -> Option<JobTarget> {
+        Some(JobTarget {
+            onboarding_id: args["onboarding_id"].as_i64()?,
+            run: args["run"]
+                .as_i64()
+                .and_then(|r| i32::try_from(r).ok())
+                .unwrap_or(1),
+        })
+    }
+}
+
+/// The unique key of a run's job named `name` (a step, or `undo_<step>`). Run 1 keeps the
+/// original form, so jobs enqueued before runs existed are found. The reconciler's
+/// `UNSETTLED` query builds the same keys in SQL.
+pub(crate) fn job_key(saga_id: i64, run: i32, name: &str) -> String {
+    if run <= 1 {
+        format!("onboarding:{saga_id}:{name}")
+    } else {
+        format!("onboarding:{saga_id}:run{run}:{name}")
+    }
+}
+
+/// Names of every step and compensation job.
+pub(crate) fn job_names() -> Vec<String> {
+    STEPS
+        .iter()
+        .map(|s| (*s).to_owned())
+        .chain(compensable_steps().iter().map(|s| format!("undo_{s}")))
+        .collect()
+}
+
+/// The unique keys of every step and compensation job of a saga's run.
+fn run_keys(saga_id: i64, run: i32) -> Vec<String> {
+    job_names()
+        .iter()
+        .map(|name| job_key(saga_id, run, name))
+        .collect()
+}
+
+/// True when a step or compensation job of the saga's current run is waiting or running.
+pub async fn has_live_job(conn: &mut PgConnection, saga: &Saga) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "select exists (select 1 from onboard.job
+                         where unique_key = any($1)
+                           and state in ('available', 'scheduled', 'running', 'retryable'))",
+    )
+    .bind(run_keys(saga.id, saga.run))
+    .fetch_one(conn)
+    .await
+}
+
+/// Cancels every waiting or running job of the saga's current run (a running one's handler
+/// then finds its job gone and commits nothing). Returns how many.
+pub(crate) async fn cancel_live_jobs(
+    conn: &mut PgConnection,
+    saga: &Saga,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "update onboard.job
+            set state = 'cancelled', finalized_at = now(), cancel_requested = true,
+                lease_owner = null, lease_expires_at = null
+          where unique_key = any($1) and state in ('available', 'scheduled', 'running', 'retryable')",
+    )
+    .bind(run_keys(saga.id, saga.run))
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
+fn job_args(saga: &Saga) -> Value {
+    json!({ "onboarding_id": saga.id, "run": saga.run })
+}
+
+pub(crate) fn step_job(saga: &Saga, step: &str) -> NewJob {
     let queue = if step == "welcome_email" {
         EMAIL_QUEUE
     } else {
         QUEUE
     };
-    NewJob::new(step_kind(step), json!({ "onboarding_id": saga_id }))
+    NewJob::new(step_kind(step), job_args(saga))
         .queue(queue)
         .max_attempts(STEP_JOB_MAX_ATTEMPTS)
-        .unique_key(format!("onboarding:{saga_id}:{step}"))
+        .unique_key(job_key(saga.id, saga.run, step))
 }
 
-fn undo_job(saga_id: i64, step: &str) -> NewJob {
-    NewJob::new(undo_kind(step), json!({ "onboarding_id": saga_id }))
+fn undo_job(saga: &Saga, step: &str) -> NewJob {
+    NewJob::new(undo_kind(step), job_args(saga))
         .queue(QUEUE)
         .max_attempts(STEP_JOB_MAX_ATTEMPTS)
-        .unique_key(format!("onboarding:{saga_id}:undo_{step}"))
+        .unique_key(job_key(saga.id, saga.run, &format!("undo_{step}")))
 }
 
 /// A step succeeded: stores its output and enqueues the next step, or ends the saga
@@ -228,7 +323,7 @@ pub async fn step_succeeded(
     let position = STEPS.iter().position(|s| *s == step).unwrap_or(STEPS.len());
     match STEPS.get(position + 1) {
         Some(next) => {
-            enqueue(conn, &step_job(saga.id, next)).await?;
+            enqueue(conn, &step_job(saga, next)).await?;
         }
         None => finish(conn, saga.id, "completed").await?,
     }
@@ -247,7 +342,7 @@ pub async fn step_failed(
     if past_point_of_no_return(step) {
         finish(conn, saga.id, "completed_with_errors").await
     } else {
-        begin_compensation(conn, saga.id).await
+        begin_compensation(conn, saga).await
     }
 }
 
@@ -262,45 +357,59 @@ fn past_point_of_no_return(step: &str) -> bool {
         .is_some_and(|p| p > limit)
 }
 
-/// Marks the saga `compensating`, skips steps that never started, and enqueues the
+/// Marks the saga `compensating`, skips the steps that never started, and enqueues the
 /// compensation of the last step that started; each compensation enqueues the one before it.
-pub async fn begin_compensation(conn: &mut PgConnection, id: i64) -> Result<(), sqlx::Error> {
-    set_saga(conn, id, "compensating").await?;
-    sqlx::query(
-        "update onboard.onboarding_step set state = 'skipped', updated_at = now()
-          where onboarding_id = $1 and state = 'pending' and attempts = 0",
-    )
-    .bind(id)
-    .execute(&mut *conn)
-    .await?;
-    next_compensation(conn, id).await
+/// A step whose job began an attempt may have reached its provider even though no
+/// transaction recorded it: it is compensated, not skipped.
+pub async fn begin_compensation(conn: &mut PgConnection, saga: &Saga) -> Result<(), sqlx::Error> {
+    set_saga(conn, saga.id, "compensating").await?;
+    for step in STEPS {
+        sqlx::query(
+            "update onboard.onboarding_step set state = 'skipped', updated_at = now()
+              where onboarding_id = $1 and name = $2 and state = 'pending' and attempts = 0
+                and not exists (select 1 from onboard.job
+                                 where unique_key = $3 and attempt > 0
+                                   and state in ('available', 'scheduled', 'running', 'retryable'))",
+        )
+        .bind(saga.id)
+        .bind(step)
+        .bind(job_key(saga.id, saga.run, step))
+        .execute(&mut *conn)
+        .await?;
+    }
+    next_compensation(conn, saga).await
 }
 
 /// Enqueues the compensation of the highest step that started and is not compensated yet, or
 /// ends the saga `compensated` when none is left.
-async fn next_compensation(conn: &mut PgConnection, id: i64) -> Result<(), sqlx::Error> {
+pub(crate) async fn next_compensation(
+    conn: &mut PgConnection,
+    saga: &Saga,
+) -> Result<(), sqlx::Error> {
     let next: Option<String> = sqlx::query_scalar(
         "select name from onboard.onboarding_step
-          where onboarding_id = $1 and state in ('done', 'failed', 'running', 'compensating')
+          where onboarding_id = $1 and state in ('pending', 'done', 'failed', 'running', 'compensating')
+            and name = any($2)
           order by position desc limit 1",
     )
-    .bind(id)
+    .bind(saga.id)
+    .bind(compensable_steps())
     .fetch_optional(&mut *conn)
     .await?;
     match next {
         Some(step) => {
-            set_step(conn, id, &step, "compensating", None, None).await?;
-            enqueue(conn, &undo_job(id, &step)).await?;
+            set_step(conn, saga.id, &step, "compensating", None, None).await?;
+            enqueue(conn, &undo_job(saga, &step)).await?;
             Ok(())
         }
-        None => finish(conn, id, "compensated").await,
+        None => finish(conn, saga.id, "compensated").await,
     }
 }
 
 /// A compensation succeeded: the next one (in reverse order) is enqueued.
 pub async fn compensation_succeeded(
     conn: &mut PgConnection,
-    id: i64,
+    saga: &Saga,
     step: &str,
     output: &Value,
 ) -> Result<(), sqlx::Error> {
@@ -309,27 +418,41 @@ pub async fn compensation_succeeded(
             set state = 'compensated', output = output || jsonb_build_object('compensation', $3::jsonb), updated_at = now()
           where onboarding_id = $1 and name = $2",
     )
-    .bind(id)
+    .bind(saga.id)
     .bind(step)
     .bind(sqlx::types::Json(output))
     .execute(&mut *conn)
     .await?;
-    next_compensation(conn, id).await
+    next_compensation(conn, saga).await
+}
+
+/// Records a compensation attempt's error while it will be retried.
+pub async fn compensation_attempt_failed(
+    conn: &mut PgConnection,
+    saga: &Saga,
+    step: &str,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    set_step(conn, saga.id, step, "compensating", Some(error), None).await
 }
 
 /// A compensation failed for good: the saga ends `compensation_failed`; an operator can retry it.
 pub async fn compensation_failed(
     conn: &mut PgConnection,
-    id: i64,
+    saga: &Saga,
     step: &str,
     error: &str,
 ) -> Result<(), sqlx::Error> {
-    set_step(conn, id, step, "compensating", Some(error), None).await?;
-    finish(conn, id, "compensation_failed").await
+    set_step(conn, saga.id, step, "compensating", Some(error), None).await?;
+    finish(conn, saga.id, "compensation_failed").await
 }
 
 /// Ends the saga in `state` and enqueues the merge of that state into Clerk's metadata.
-async fn finish(conn: &mut PgConnection, id: i64, state: &str) -> Result<(), sqlx::Error> {
+pub(crate) async fn finish(
+    conn: &mut PgConnection,
+    id: i64,
+    state: &str,
+) -> Result<(), sqlx::Error> {
     set_saga(conn, id, state).await?;
     let org_status = match state {
         "completed" | "completed_with_errors" => Some("active"),
@@ -361,88 +484,43 @@ async fn finish(conn: &mut PgConnection, id: i64, state: &str) -> Result<(), sql
     Ok(())
 }
 
-/// Operator: restarts a `compensated` saga from its first step.
-pub async fn restart(conn: &mut PgConnection, id: i64) -> Result<(), SagaError> {
-    let saga = lock(conn, id).await?.ok_or(SagaError::NotFound(id))?;
-    if saga.state != "compensated" {
-        return Err(SagaError::WrongState {
-            id,
-            state: saga.state,
-            action: "restart",
-        });
-    }
-    sqlx::query(
-        "update onboard.onboarding_step set state = 'pending', attempts = 0, last_error = null, output = '{}', updated_at = now()
-          where onboarding_id = $1",
-    )
-    .bind(id)
-    .execute(&mut *conn)
-    .await?;
-    set_saga(conn, id, "running").await?;
-    enqueue(conn, &step_job(id, STEPS[0])).await?;
-    Ok(())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Operator: retries the failed step of a `completed_with_errors` saga, or the failed
-/// compensation of a `compensation_failed` one.
-pub async fn retry(conn: &mut PgConnection, id: i64) -> Result<(), SagaError> {
-    let saga = lock(conn, id).await?.ok_or(SagaError::NotFound(id))?;
-    match saga.state.as_str() {
-        "completed_with_errors" => {
-            let failed: Option<String> = sqlx::query_scalar(
-                "select name from onboard.onboarding_step where onboarding_id = $1 and state = 'failed'
-                  order by position limit 1",
-            )
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?;
-            let Some(step) = failed else {
-                return Err(SagaError::WrongState {
-                    id,
-                    state: saga.state,
-                    action: "retry (no failed step)",
-                });
-            };
-            set_step(conn, id, &step, "pending", None, None).await?;
-            set_saga(conn, id, "running").await?;
-            enqueue(conn, &step_job(id, &step)).await?;
-            Ok(())
-        }
-        "compensation_failed" => {
-            set_saga(conn, id, "compensating").await?;
-            next_compensation(conn, id).await?;
-            Ok(())
-        }
-        _ => Err(SagaError::WrongState {
-            id,
-            state: saga.state,
-            action: "retry",
-        }),
+    #[test]
+    fn a_job_without_a_run_belongs_to_run_1_and_run_1_keeps_the_original_keys() {
+        let legacy = JobTarget::from_args(&json!({ "onboarding_id": 7 })).unwrap();
+        assert_eq!(
+            legacy,
+            JobTarget {
+                onboarding_id: 7,
+                run: 1
+            }
+        );
+        let later = JobTarget::from_args(&json!({ "onboarding_id": 7, "run": 3 })).unwrap();
+        assert_eq!(later.run, 3);
+        assert_eq!(JobTarget::from_args(&json!({ "run": 3 })), None);
+        assert_eq!(
+            job_key(7, 1, "create_org_record"),
+            "onboarding:7:create_org_record"
+        );
+        assert_eq!(
+            job_key(7, 3, "undo_twilio_subaccount"),
+            "onboarding:7:run3:undo_twilio_subaccount"
+        );
     }
-}
 
-/// Operator (and offboarding): cancels a `running` saga before its point of no return; it
-/// compensates. Returns false when the saga is past the point of no return (it finishes).
-pub async fn cancel(conn: &mut PgConnection, id: i64) -> Result<bool, SagaError> {
-    let saga = lock(conn, id).await?.ok_or(SagaError::NotFound(id))?;
-    if saga.state != "running" {
-        return Err(SagaError::WrongState {
-            id,
-            state: saga.state,
-            action: "cancel",
-        });
+    #[test]
+    fn only_the_steps_up_to_the_point_of_no_return_have_a_compensation() {
+        assert_eq!(
+            compensable_steps(),
+            [
+                "create_org_record",
+                "default_permissions",
+                "twilio_subaccount"
+            ]
+        );
+        assert_eq!(job_names().len(), STEPS.len() + 3);
     }
-    let committed: bool = sqlx::query_scalar(
-        "select exists (select 1 from onboard.onboarding_step where onboarding_id = $1 and name = $2 and state = 'done')",
-    )
-    .bind(id)
-    .bind(POINT_OF_NO_RETURN)
-    .fetch_one(&mut *conn)
-    .await?;
-    if committed {
-        return Ok(false);
-    }
-    // The step job waiting to run finds the saga compensating and skips itself.
-    begin_compensation(conn, id).await?;
-    Ok(true)
 }
