@@ -215,7 +215,7 @@ impl Stack {
 /// A Clerk fixture, parsed.
 pub fn fixture(name: &str) -> Value {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/clerk")
+        .join("fixtures/clerk")
         .join(name);
     serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("fixture json")
 }

@@ -17,7 +17,7 @@ const PUBLIC_URL: &str = "http://ingress.test";
 
 fn fixture(name: &str) -> Vec<u8> {
     let path = format!(
-        "{}/../../shared/fixtures/clerk/{name}",
+        "{}/fixtures/clerk/{name}",
         env!("CARGO_MANIFEST_DIR")
     );
     std::fs::read(&path).unwrap_or_else(|e| panic!("read {path}: {e}"))
@@ -368,7 +368,7 @@ async fn a_signed_body_that_is_not_a_clerk_envelope_is_a_400_recorded_as_rejecte
 async fn every_clerk_fixture_is_stored_and_routed_to_its_job_kind() {
     let db = fresh_db().await;
     let app = Ingress::start(&db, OLD_SECRET).await;
-    let dir = format!("{}/../../shared/fixtures/clerk", env!("CARGO_MANIFEST_DIR"));
+    let dir = format!("{}/fixtures/clerk", env!("CARGO_MANIFEST_DIR"));
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
