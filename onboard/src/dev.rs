@@ -101,9 +101,7 @@ pub async fn run() -> anyhow::Result<()> {
         println!("  internal      http://{internal}/healthz  /readyz  /metrics");
     }
     println!("  sandbox       {}/sandbox/ledger", sandbox.base_url());
-    println!(
-        "  try           cargo run -p onboard -- send ../shared/fixtures/clerk/organization.created.json"
-    );
+    println!("  try           cargo run -p onboard -- send organization.created --with-creator");
     println!();
 
     worker::runtime::shutdown_signal().await;

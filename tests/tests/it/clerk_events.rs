@@ -22,10 +22,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 static NEXT_MESSAGE: AtomicU64 = AtomicU64::new(0);
 
 fn fixture(name: &str) -> Value {
-    let path = format!(
-        "{}/fixtures/clerk/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/fixtures/clerk/{name}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("parse {path}: {e}"))
 }

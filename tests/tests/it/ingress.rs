@@ -16,10 +16,7 @@ const NEW_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 const PUBLIC_URL: &str = "http://ingress.test";
 
 fn fixture(name: &str) -> Vec<u8> {
-    let path = format!(
-        "{}/fixtures/clerk/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/fixtures/clerk/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("read {path}: {e}"))
 }
 

@@ -6,3 +6,4 @@ mod plans;
 mod processes;
 mod queue;
 mod saga;
+mod send;
