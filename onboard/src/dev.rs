@@ -49,7 +49,10 @@ pub async fn run() -> anyhow::Result<()> {
         std::env::var("ONBOARD_SANDBOX_ADDR").unwrap_or_else(|_| "127.0.0.1:8089".into());
     let sandbox = sandbox::spawn(
         sandbox_addr.parse().context("ONBOARD_SANDBOX_ADDR")?,
-        sandbox::SandboxConfig::default(),
+        sandbox::SandboxConfig {
+            slug_lookup: Some(crate::provider_sandbox::slug_lookup(pool.clone())),
+            ..sandbox::SandboxConfig::default()
+        },
     )
     .await
     .with_context(|| format!("starting the sandbox on {sandbox_addr}"))?;

@@ -1,6 +1,7 @@
 //! The `onboard` command: parses flags and config, then calls the libraries' `run`s.
 
 mod dev;
+mod provider_sandbox;
 mod send;
 
 use anyhow::Context;
@@ -87,18 +88,7 @@ async fn main() -> anyhow::Result<()> {
             println!("migrations applied");
             Ok(())
         }
-        Command::Sandbox => {
-            let addr = sandbox_addr()?;
-            let sandbox = sandbox::spawn(addr, sandbox::SandboxConfig::default()).await?;
-            println!(
-                "sandbox listening on {} (ledger: {}/sandbox/ledger)",
-                sandbox.base_url(),
-                sandbox.base_url()
-            );
-            worker::runtime::shutdown_signal().await;
-            sandbox.shutdown().await;
-            Ok(())
-        }
+        Command::Sandbox => provider_sandbox::run().await,
         Command::Send(args) => send::run(args).await,
         Command::ApiKey(ApiKeyCommand::Create { name }) => {
             let pool = connect().await?;
@@ -156,13 +146,6 @@ async fn connect() -> anyhow::Result<sqlx::PgPool> {
         "DATABASE_URL is not set (or use `onboard dev`, which starts its own PostgreSQL)",
     )?;
     Ok(jobs::db::connect(&url, &jobs::db::PoolSettings::default()).await?)
-}
-
-fn sandbox_addr() -> anyhow::Result<std::net::SocketAddr> {
-    std::env::var("ONBOARD_SANDBOX_ADDR")
-        .unwrap_or_else(|_| "127.0.0.1:8089".into())
-        .parse()
-        .context("ONBOARD_SANDBOX_ADDR is not an address")
 }
 
 /// Text logs by default; JSON with `LOG_FORMAT=json`. Level from `RUST_LOG` (default `info`).

@@ -2,6 +2,7 @@
 
 mod clerk_events;
 mod ingress;
+mod magic;
 mod plans;
 mod processes;
 mod queue;
