@@ -1,6 +1,7 @@
 //! The `onboard` command: parses flags and config, then calls the libraries' `run`s.
 
 mod dev;
+mod healthcheck;
 mod provider_sandbox;
 mod send;
 
@@ -34,6 +35,8 @@ enum Command {
     /// Signs a Clerk event (a file, or one made from an event type) the way Svix does and POSTs
     /// it to the webhook.
     Send(send::SendArgs),
+    /// Exits 0 when a role's internal `/healthz` answers 2xx (the container health check).
+    Healthcheck(healthcheck::HealthcheckArgs),
     /// Onboarding API keys.
     #[command(name = "api-key", subcommand)]
     ApiKey(ApiKeyCommand),
@@ -88,7 +91,8 @@ async fn main() -> anyhow::Result<()> {
             println!("migrations applied");
             Ok(())
         }
-        Command::Sandbox => provider_sandbox::run().await,
+        Command::Sandbox => provider_sandbox::run(sandbox_addr()?).await,
+        Command::Healthcheck(args) => healthcheck::run(args).await,
         Command::Send(args) => send::run(args).await,
         Command::ApiKey(ApiKeyCommand::Create { name }) => {
             let pool = connect().await?;
@@ -146,6 +150,13 @@ async fn connect() -> anyhow::Result<sqlx::PgPool> {
         "DATABASE_URL is not set (or use `onboard dev`, which starts its own PostgreSQL)",
     )?;
     Ok(jobs::db::connect(&url, &jobs::db::PoolSettings::default()).await?)
+}
+
+fn sandbox_addr() -> anyhow::Result<std::net::SocketAddr> {
+    std::env::var("ONBOARD_SANDBOX_ADDR")
+        .unwrap_or_else(|_| "127.0.0.1:8089".into())
+        .parse()
+        .context("ONBOARD_SANDBOX_ADDR is not an address")
 }
 
 /// Text logs by default; JSON with `LOG_FORMAT=json`. Level from `RUST_LOG` (default `info`).

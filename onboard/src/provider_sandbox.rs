@@ -22,12 +22,8 @@ pub fn slug_lookup(pool: sqlx::PgPool) -> sandbox::SlugLookup {
     })
 }
 
-/// Runs `onboard sandbox` until SIGINT/SIGTERM.
-pub async fn run() -> anyhow::Result<()> {
-    let addr: std::net::SocketAddr = std::env::var("ONBOARD_SANDBOX_ADDR")
-        .unwrap_or_else(|_| "127.0.0.1:8089".into())
-        .parse()
-        .context("ONBOARD_SANDBOX_ADDR is not an address")?;
+/// Runs `onboard sandbox` on `addr` until SIGINT/SIGTERM.
+pub async fn run(addr: std::net::SocketAddr) -> anyhow::Result<()> {
     let (mut config, accepted) = sandbox::SandboxConfig::from_env();
     let slugs = match std::env::var("DATABASE_URL") {
         Ok(url) => {
