@@ -74,7 +74,10 @@ impl EventSpec {
             email: self.email.clone().unwrap_or_else(|| {
                 format!(
                     "{}@example.com",
-                    user_id.strip_prefix("user_").unwrap_or(&user_id)
+                    user_id
+                        .strip_prefix("user_")
+                        .unwrap_or(&user_id)
+                        .to_lowercase()
                 )
             }),
             user_id,
@@ -85,14 +88,17 @@ impl EventSpec {
 /// A fresh id body: 27 characters of `[0-9A-Za-z]`, like Clerk's.
 fn fresh() -> String {
     const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    let mut n = uuid::Uuid::new_v4().as_u128();
-    (0..27)
-        .map(|_| {
-            let c = ALPHABET[(n % 62) as usize];
-            n /= 62;
-            char::from(c)
-        })
-        .collect()
+    // 62^14 < 2^128: two random u128s fill 27 characters evenly.
+    let digits = |mut n: u128, count: usize| {
+        (0..count)
+            .map(move |_| {
+                let c = ALPHABET[(n % 62) as usize];
+                n /= 62;
+                char::from(c)
+            })
+            .collect::<String>()
+    };
+    digits(uuid::Uuid::new_v4().as_u128(), 14) + &digits(uuid::Uuid::new_v4().as_u128(), 13)
 }
 
 fn now_ms() -> i64 {
