@@ -384,6 +384,24 @@ async fn completions(pool: &PgPool, count: usize) -> anyhow::Result<Vec<(String,
     .await?)
 }
 
+/// Where the trickle's time goes: per job kind, the median wait (created → attempted) and run
+/// (attempted → finalized), in ms.
+async fn explain(pool: &PgPool) -> anyhow::Result<()> {
+    let rows: Vec<(String, i64, f64, f64)> = sqlx::query_as(
+        "select kind, count(*),
+                (percentile_cont(0.5) within group (order by extract(epoch from attempted_at - created_at)) * 1000)::float8,
+                (percentile_cont(0.5) within group (order by extract(epoch from finalized_at - attempted_at)) * 1000)::float8
+           from onboard.job where finalized_at is not null group by kind order by min(id)",
+    )
+    .fetch_all(pool)
+    .await?;
+    eprintln!("e2e: trickle, per job kind: median wait (created → attempted) and run, ms");
+    for (kind, count, wait, run) in rows {
+        eprintln!("  {kind:<34} {count:>6} {wait:>9.1} {run:>9.1}");
+    }
+    Ok(())
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -516,6 +534,7 @@ pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
     }
     let done = completions(&stack.pool, trickle_size).await?;
     let trickle = latencies(&sent, &done);
+    explain(&stack.pool).await?;
     merge_rss(&mut rss, stack.peak_rss());
     stack.stop().await;
     merge_rss(
