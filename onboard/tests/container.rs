@@ -43,7 +43,7 @@ fn cli_accepts(args: &[String]) -> bool {
         .success()
 }
 
-fn env_of<'a>(service: &'a Value) -> &'a Value {
+fn env_of(service: &Value) -> &Value {
     &service["environment"]
 }
 
