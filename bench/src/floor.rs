@@ -7,13 +7,13 @@ use anyhow::{Context, bail};
 
 use crate::Server;
 
-/// `../shared/peers-bench` beside the repository (override with `ONBOARD_PEERS_BENCH`).
+/// The floors' statements: `bench/floor/` (verbatim copies of the few `peers-bench` files the
+/// bench runs), or a full `peers-bench` checkout named by `ONBOARD_PEERS_BENCH`.
 pub fn peers_bench() -> PathBuf {
-    std::env::var_os("ONBOARD_PEERS_BENCH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/peers-bench")
-        })
+    std::env::var_os("ONBOARD_PEERS_BENCH").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("floor"),
+        PathBuf::from,
+    )
 }
 
 /// Runs psql on `db` with `args` (`-c SQL` or `-f FILE`); returns its trimmed output.

@@ -24,7 +24,8 @@ struct Delivery {
 }
 
 fn fixture() -> anyhow::Result<Value> {
-    let path = peers_bench().join("../fixtures/clerk/organization.created.json");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/clerk/organization.created.json");
     Ok(serde_json::from_str(&std::fs::read_to_string(&path)?)?)
 }
 

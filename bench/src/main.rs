@@ -1,9 +1,10 @@
-//! Benchmarks, run by hand: `cargo run --release -p bench -- queue` (or `-- ingress`).
+//! Benchmarks, run by hand: `cargo run --release -p bench -- queue` (or `-- ingress`, `-- e2e`).
 //!
 //! Each run starts its own PostgreSQL (unless `DATABASE_URL` is set), measures the raw-SQL floor
 //! with pgbench in the same run, and prints our figures as ratios to it: a table, then one JSON
 //! line per figure.
 
+mod e2e;
 mod floor;
 mod ingress;
 mod queue;
@@ -120,11 +121,15 @@ async fn main() -> anyhow::Result<()> {
                 println!("inbox::receive alone, concurrency {concurrency}: {rate:.0}/s");
             }
         }
+        "e2e" => {
+            let figures = e2e::run(&server).await?;
+            print("e2e", &figures);
+        }
         "saga" => {
             let figures = saga::run(&server).await?;
             print("saga", &figures);
         }
-        other => anyhow::bail!("unknown bench `{other}`; try `queue`, `ingress` or `saga`"),
+        other => anyhow::bail!("unknown bench `{other}`; try `queue`, `ingress`, `saga` or `e2e`"),
     }
     Ok(())
 }

@@ -1,4 +1,7 @@
-//! `onboard send`: sign a file's exact bytes the way Svix does and POST them to an ingress.
+//! `onboard send`: sign a file's exact bytes the way Svix does and POST them to an ingress;
+//! [`event`] makes realistic Clerk events to send.
+
+pub mod event;
 
 use anyhow::Context;
 

@@ -176,7 +176,7 @@ mod tests {
     fn vectors() -> Value {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/fixtures/svix/vectors.json"
+            "/../tests/fixtures/svix/vectors.json"
         );
         serde_json::from_str(&std::fs::read_to_string(path).expect("read vectors.json"))
             .expect("parse vectors.json")

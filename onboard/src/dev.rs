@@ -49,7 +49,10 @@ pub async fn run() -> anyhow::Result<()> {
         std::env::var("ONBOARD_SANDBOX_ADDR").unwrap_or_else(|_| "127.0.0.1:8089".into());
     let sandbox = sandbox::spawn(
         sandbox_addr.parse().context("ONBOARD_SANDBOX_ADDR")?,
-        sandbox::SandboxConfig::default(),
+        sandbox::SandboxConfig {
+            slug_lookup: Some(crate::provider_sandbox::slug_lookup(pool.clone())),
+            ..sandbox::SandboxConfig::default()
+        },
     )
     .await
     .with_context(|| format!("starting the sandbox on {sandbox_addr}"))?;
@@ -101,9 +104,7 @@ pub async fn run() -> anyhow::Result<()> {
         println!("  internal      http://{internal}/healthz  /readyz  /metrics");
     }
     println!("  sandbox       {}/sandbox/ledger", sandbox.base_url());
-    println!(
-        "  try           cargo run -p onboard -- send ../shared/fixtures/clerk/organization.created.json"
-    );
+    println!("  try           cargo run -p onboard -- send organization.created --with-creator");
     println!();
 
     worker::runtime::shutdown_signal().await;

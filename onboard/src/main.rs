@@ -1,8 +1,9 @@
 //! The `onboard` command: parses flags and config, then calls the libraries' `run`s.
 
 mod dev;
-
-use std::path::PathBuf;
+mod healthcheck;
+mod provider_sandbox;
+mod send;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -31,23 +32,11 @@ enum Command {
     Migrate,
     /// The provider emulator (Twilio, Resend, Clerk) on ONBOARD_SANDBOX_ADDR.
     Sandbox,
-    /// Signs a Clerk event file the way Svix does and POSTs it to the webhook.
-    Send {
-        /// The event JSON; its exact bytes are signed and sent.
-        file: PathBuf,
-        /// The webhook URL.
-        #[arg(long, default_value = ingress::send::DEFAULT_URL)]
-        url: String,
-        /// The signing secret (default: CLERK_WEBHOOK_SIGNING_SECRET's first secret, else the dev secret).
-        #[arg(long)]
-        secret: Option<String>,
-        /// The `svix-id` (default: a fresh `msg_…`).
-        #[arg(long)]
-        id: Option<String>,
-        /// The `svix-timestamp`, Unix seconds (default: now).
-        #[arg(long)]
-        timestamp: Option<i64>,
-    },
+    /// Signs a Clerk event (a file, or one made from an event type) the way Svix does and POSTs
+    /// it to the webhook.
+    Send(send::SendArgs),
+    /// Exits 0 when a role's internal `/healthz` answers 2xx (the container health check).
+    Healthcheck(healthcheck::HealthcheckArgs),
     /// Onboarding API keys.
     #[command(name = "api-key", subcommand)]
     ApiKey(ApiKeyCommand),
@@ -102,42 +91,9 @@ async fn main() -> anyhow::Result<()> {
             println!("migrations applied");
             Ok(())
         }
-        Command::Sandbox => {
-            let addr = sandbox_addr()?;
-            let sandbox = sandbox::spawn(addr, sandbox::SandboxConfig::default()).await?;
-            println!(
-                "sandbox listening on {} (ledger: {}/sandbox/ledger)",
-                sandbox.base_url(),
-                sandbox.base_url()
-            );
-            worker::runtime::shutdown_signal().await;
-            sandbox.shutdown().await;
-            Ok(())
-        }
-        Command::Send {
-            file,
-            url,
-            secret,
-            id,
-            timestamp,
-        } => {
-            let body =
-                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let secret = match secret {
-                Some(secret) => secret,
-                None => std::env::var("CLERK_WEBHOOK_SIGNING_SECRET")
-                    .ok()
-                    .and_then(|s| s.split_whitespace().next().map(str::to_owned))
-                    .unwrap_or_else(|| ingress::DEV_WEBHOOK_SECRET.to_owned()),
-            };
-            let (status, response) =
-                ingress::send::send_event(&url, &secret, &body, id, timestamp).await?;
-            println!("{status} {response}");
-            if status >= 300 {
-                std::process::exit(1);
-            }
-            Ok(())
-        }
+        Command::Sandbox => provider_sandbox::run(sandbox_addr()?).await,
+        Command::Healthcheck(args) => healthcheck::run(args).await,
+        Command::Send(args) => send::run(args).await,
         Command::ApiKey(ApiKeyCommand::Create { name }) => {
             let pool = connect().await?;
             let (id, key) = onboarding::api_key::create(&pool, &name).await?;

@@ -25,10 +25,14 @@
 //! # Magic values
 //!
 //! The onboarding worker names sub-accounts `org:<clerk_org_id>` and never sends the org slug to
-//! Twilio, so a Twilio magic suffix applies when **any** of these ends with it:
-//! the `FriendlyName`, the org id after the `org:` prefix, or the slug registered for that org id
-//! through `POST /sandbox/register {"org_id": "…", "slug": "…"}`.
-//! Test harnesses can therefore use either an org id like `org_abc-fail-twilio` or a registered slug.
+//! Twilio, so a Twilio magic suffix applies when **any** of these ends with it: the
+//! `FriendlyName`, the org id after the `org:` prefix, or the org's slug. The sandbox plays Clerk,
+//! where slugs live: it learns an org's slug from [`SandboxConfig::slug_lookup`] at each Twilio
+//! create — `onboard dev`, `onboard sandbox` with `DATABASE_URL` and the test stack read it from
+//! the service's `organization` table, the mirror of Clerk's organizations that the
+//! `organization.created` delivery itself fills — so slug magic works from the webhook alone.
+//! `POST /sandbox/register {"org_id": "…", "slug": "…"}` still records a slug by hand for a
+//! sandbox run without a database.
 //!
 //! | magic | effect |
 //! |---|---|
@@ -52,6 +56,7 @@
 //! appear in the ledger.
 
 mod clerk;
+mod config;
 mod control;
 mod magic;
 mod resend;
@@ -67,61 +72,12 @@ use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+pub use config::{CREDENTIAL_VARS, SandboxConfig, SlugLookup};
 pub use magic::{FAIL_TWILIO, FLAKY_FAILURES, FLAKY_TWILIO, SLOW_TWILIO};
 pub use state::{AccountStatus, Action, Effect, Provider, SandboxState, SubAccountInfo};
 
 /// How long [`Sandbox::shutdown`] waits for in-flight requests before aborting the server.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
-
-/// Credentials the sandbox accepts and the delay of `-slow-twilio` answers.
-#[derive(Clone)]
-pub struct SandboxConfig {
-    /// How long a `-slow-twilio` create waits before answering (the account exists at once).
-    pub slow_delay: Duration,
-    /// The main Twilio account SID (Basic auth user name); `AC` + 32 characters.
-    pub twilio_account_sid: String,
-    /// The main Twilio auth token (Basic auth password).
-    pub twilio_auth_token: String,
-    /// The Resend API key expected as `Authorization: Bearer <key>`.
-    pub resend_api_key: String,
-    /// The Clerk secret key expected as `Authorization: Bearer <key>`.
-    pub clerk_secret_key: String,
-}
-
-impl SandboxConfig {
-    /// The dev main account SID: 34 characters starting with `AC`, like a real one.
-    pub const DEV_TWILIO_ACCOUNT_SID: &'static str = "ACsandbox0000000000000000000000000";
-    /// The dev Twilio auth token.
-    pub const DEV_TWILIO_AUTH_TOKEN: &'static str = "sandbox-token";
-    /// The dev Resend API key.
-    pub const DEV_RESEND_API_KEY: &'static str = "re_sandbox";
-    /// The dev Clerk secret key.
-    pub const DEV_CLERK_SECRET_KEY: &'static str = "sk_test_sandbox";
-}
-
-impl Default for SandboxConfig {
-    fn default() -> Self {
-        Self {
-            slow_delay: Duration::from_secs(10),
-            twilio_account_sid: Self::DEV_TWILIO_ACCOUNT_SID.to_owned(),
-            twilio_auth_token: Self::DEV_TWILIO_AUTH_TOKEN.to_owned(),
-            resend_api_key: Self::DEV_RESEND_API_KEY.to_owned(),
-            clerk_secret_key: Self::DEV_CLERK_SECRET_KEY.to_owned(),
-        }
-    }
-}
-
-impl std::fmt::Debug for SandboxConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SandboxConfig")
-            .field("slow_delay", &self.slow_delay)
-            .field("twilio_account_sid", &self.twilio_account_sid)
-            .field("twilio_auth_token", &"[REDACTED]")
-            .field("resend_api_key", &"[REDACTED]")
-            .field("clerk_secret_key", &"[REDACTED]")
-            .finish()
-    }
-}
 
 /// A running sandbox server; dropping it stops the server in the background.
 pub struct Sandbox {

@@ -12,7 +12,7 @@ pub const SLOW_TWILIO: &str = "-slow-twilio";
 /// How many times a flaky key fails before it succeeds.
 pub const FLAKY_FAILURES: u32 = 2;
 /// The prefix the onboarding worker gives sub-account names.
-const ORG_PREFIX: &str = "org:";
+pub(crate) const ORG_PREFIX: &str = "org:";
 
 /// What a Twilio create should do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

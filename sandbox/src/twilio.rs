@@ -207,6 +207,15 @@ async fn create_account(
         );
     }
 
+    // Playing Clerk, learn the org's current slug first (the worker sends Twilio only `org:<id>`).
+    if let (Some(lookup), Some(org_id)) = (
+        state.config().slug_lookup.clone(),
+        name.strip_prefix(magic::ORG_PREFIX),
+    ) && let Some(slug) = lookup(org_id.to_owned()).await
+    {
+        state.register(org_id, &slug);
+    }
+
     // Decide and act under one lock: the account exists before any (slow) answer is sent.
     let (account, slow) = {
         let mut data = state.lock();

@@ -384,3 +384,65 @@ async fn shutdown_cuts_a_pending_slow_answer_short() -> TestResult {
     assert_eq!(answer?.status(), StatusCode::CREATED);
     Ok(())
 }
+
+#[tokio::test]
+async fn credentials_from_the_environment_are_accepted_and_the_dev_ones_then_refused() -> TestResult
+{
+    let env = |name: &str| match name {
+        "TWILIO_ACCOUNT_SID" => Some("AC0123456789abcdef0123456789abcdef".to_owned()),
+        "TWILIO_AUTH_TOKEN" => Some("env-twilio-token".to_owned()),
+        "RESEND_API_KEY" => Some("re_env".to_owned()),
+        "CLERK_SECRET_KEY" => Some("sk_live_env".to_owned()),
+        _ => None,
+    };
+    let (config, _) = SandboxConfig::from_vars(env);
+    let sandbox = sandbox::spawn("127.0.0.1:0".parse()?, config).await?;
+    let base = sandbox.base_url();
+    let client = Client::new();
+    let create = |sid: &str, token: &str| {
+        client
+            .post(format!("{base}/2010-04-01/Accounts.json"))
+            .basic_auth(sid, Some(token))
+            .form(&[("FriendlyName", "org:org_env")])
+            .send()
+    };
+    let user = |key: &str| {
+        client
+            .get(format!("{base}/v1/users/user_env"))
+            .bearer_auth(key)
+            .send()
+    };
+    let email = |key: &str| {
+        client
+            .post(format!("{base}/emails"))
+            .bearer_auth(key)
+            .json(&json!({"from": "a@example.com", "to": "b@example.com", "subject": "s", "text": "t"}))
+            .send()
+    };
+    assert_eq!(
+        create("AC0123456789abcdef0123456789abcdef", "env-twilio-token")
+            .await?
+            .status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(user("sk_live_env").await?.status(), StatusCode::OK);
+    assert_eq!(email("re_env").await?.status(), StatusCode::OK);
+    assert_eq!(
+        create(
+            SandboxConfig::DEV_TWILIO_ACCOUNT_SID,
+            SandboxConfig::DEV_TWILIO_AUTH_TOKEN
+        )
+        .await?
+        .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        user(SandboxConfig::DEV_CLERK_SECRET_KEY).await?.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        email(SandboxConfig::DEV_RESEND_API_KEY).await?.status(),
+        StatusCode::FORBIDDEN, // Resend: 403 invalid_api_key
+    );
+    Ok(())
+}

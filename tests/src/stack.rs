@@ -58,6 +58,20 @@ pub fn provider_settings(sandbox_url: &str, timeout: Duration) -> worker::app::P
     .expect("sandbox provider settings")
 }
 
+/// The sandbox's org directory over `pool` (as `onboard dev` wires it): slug magic from the
+/// webhook alone.
+pub fn slug_lookup(pool: sqlx::PgPool) -> sandbox::SlugLookup {
+    std::sync::Arc::new(move |org_id: String| {
+        let pool = pool.clone();
+        Box::pin(async move {
+            onboarding::directory::organization_slug(&pool, &org_id)
+                .await
+                .ok()
+                .flatten()
+        })
+    })
+}
+
 /// Runs the worker with every job kind against `pool` until `stop` fires.
 pub fn spawn_worker_runtime(
     pool: sqlx::PgPool,
@@ -87,6 +101,7 @@ impl Stack {
         let db = fresh_db().await;
         let config = sandbox::SandboxConfig {
             slow_delay: options.slow_delay,
+            slug_lookup: Some(slug_lookup(db.pool.clone())),
             ..Default::default()
         };
         let sandbox = sandbox::spawn("127.0.0.1:0".parse().unwrap(), config)
@@ -215,7 +230,7 @@ impl Stack {
 /// A Clerk fixture, parsed.
 pub fn fixture(name: &str) -> Value {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/clerk")
+        .join("fixtures/clerk")
         .join(name);
     serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("fixture json")
 }

@@ -15,7 +15,7 @@ pub use membership::{
 };
 pub use organization::{
     LockedOrganization, OrgUpsert, delete_organization, lock_organization, organization_id,
-    upsert_organization,
+    organization_slug, upsert_organization,
 };
 pub use purge::{Purged, erase_invitation_email, is_erased_email, purge_user_data};
 pub use role::{DEFAULT_ROLE_ENV, ROLE_MAP_ENV, Role, RoleMapping};

@@ -125,3 +125,17 @@ pub async fn delete_organization(
     .fetch_optional(conn)
     .await
 }
+
+/// The current slug of a Clerk organization, if we have a row for it with one.
+pub async fn organization_slug(
+    pool: &sqlx::PgPool,
+    clerk_org_id: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar::<_, Option<String>>(
+        "select slug from onboard.organization where clerk_org_id = $1",
+    )
+    .bind(clerk_org_id)
+    .fetch_optional(pool)
+    .await
+    .map(Option::flatten)
+}

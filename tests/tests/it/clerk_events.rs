@@ -22,10 +22,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 static NEXT_MESSAGE: AtomicU64 = AtomicU64::new(0);
 
 fn fixture(name: &str) -> Value {
-    let path = format!(
-        "{}/../../shared/fixtures/clerk/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/fixtures/clerk/{name}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("parse {path}: {e}"))
 }
@@ -139,7 +136,7 @@ fn renamed(name: &str, tag: &str) -> Value {
 #[tokio::test]
 async fn every_fixture_but_organization_created_and_session_created_applies_cleanly() {
     let db = fresh_db().await;
-    let dir = format!("{}/../../shared/fixtures/clerk", env!("CARGO_MANIFEST_DIR"));
+    let dir = format!("{}/fixtures/clerk", env!("CARGO_MANIFEST_DIR"));
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())

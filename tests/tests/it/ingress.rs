@@ -16,10 +16,7 @@ const NEW_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 const PUBLIC_URL: &str = "http://ingress.test";
 
 fn fixture(name: &str) -> Vec<u8> {
-    let path = format!(
-        "{}/../../shared/fixtures/clerk/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/fixtures/clerk/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("read {path}: {e}"))
 }
 
@@ -368,7 +365,7 @@ async fn a_signed_body_that_is_not_a_clerk_envelope_is_a_400_recorded_as_rejecte
 async fn every_clerk_fixture_is_stored_and_routed_to_its_job_kind() {
     let db = fresh_db().await;
     let app = Ingress::start(&db, OLD_SECRET).await;
-    let dir = format!("{}/../../shared/fixtures/clerk", env!("CARGO_MANIFEST_DIR"));
+    let dir = format!("{}/fixtures/clerk", env!("CARGO_MANIFEST_DIR"));
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())

@@ -2,8 +2,10 @@
 
 mod clerk_events;
 mod ingress;
+mod magic;
 mod migrations;
 mod plans;
 mod processes;
 mod queue;
 mod saga;
+mod send;
