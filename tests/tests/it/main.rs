@@ -2,7 +2,4 @@
 
 mod clerk_events;
 mod ingress;
-mod plans;
-mod processes;
-mod queue;
 mod saga;

@@ -1,7 +1,7 @@
 //! The hot statements keep index scans however many finished rows exist, with the generic
 //! plans prepared statements switch to.
 
-use integration_tests::fresh_db;
+use crate::support::fresh_db;
 
 fn assert_no_seq_scan_on_job(what: &str, plan: &[String]) {
     let text = plan.join("\n");

@@ -1,49 +1,15 @@
 //! Guarantees that need real worker processes: a SIGKILL mid-job, and two processes racing.
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use integration_tests::{TestDb, fresh_db, job_state, spawn_worker, wait_for};
+use crate::support::process::{exec_log, interrupt, spawn_process};
+use crate::support::worker::spawn_worker;
+use crate::support::{fresh_db, wait_for};
 use jobs::maintenance::LeaseReaper;
 use jobs::{NewJob, QueueConfig, enqueue, enqueue_many};
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 const DEADLINE: Duration = Duration::from_secs(120);
-
-async fn exec_log(db: &TestDb) {
-    sqlx::query("create table exec_log (job_id bigint not null, attempt int not null, worker text not null)")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-}
-
-async fn spawn_process(db: &TestDb, queue: &str, mode: &str, lease_ms: Option<u64>) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_test-worker"));
-    cmd.arg(&db.url).arg(queue).arg(mode);
-    if let Some(lease) = lease_ms {
-        cmd.arg(lease.to_string());
-    }
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn test-worker");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let ready = tokio::time::timeout(DEADLINE, lines.next_line())
-        .await
-        .expect("worker ready in time");
-    assert_eq!(ready.unwrap().as_deref(), Some("ready"));
-    child
-}
-
-async fn interrupt(mut child: Child) {
-    let pid = child.id().expect("running child").to_string();
-    let _ = Command::new("kill").args(["-INT", &pid]).status().await;
-    let _ = tokio::time::timeout(DEADLINE, child.wait()).await;
-}
 
 #[tokio::test]
 async fn worker_killed_mid_job_has_its_job_rescued_after_the_lease_and_cannot_complete_it() {
@@ -89,7 +55,7 @@ async fn worker_killed_mid_job_has_its_job_rescued_after_the_lease_and_cannot_co
     })
     .await;
     assert_eq!(LeaseReaper::default().run_once(&mut conn).await.unwrap(), 1);
-    assert_eq!(job_state(&db.pool, id).await, "retryable");
+    assert_eq!(db.state(id).await, "retryable");
     // The killed worker's attempt (1) no longer holds the job.
     assert!(!jobs::complete(&mut conn, id, 1).await.unwrap());
 
@@ -112,7 +78,7 @@ async fn worker_killed_mid_job_has_its_job_rescued_after_the_lease_and_cannot_co
         },
     );
     wait_for("the rescued job to complete", DEADLINE, || async {
-        (job_state(&db.pool, id).await == "completed").then_some(())
+        (db.state(id).await == "completed").then_some(())
     })
     .await;
     worker.shutdown().await;

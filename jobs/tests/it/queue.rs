@@ -4,24 +4,27 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use integration_tests::{TestDb, fresh_db, job_state, spawn_worker, wait_for};
+use crate::support::worker::spawn_worker;
+use crate::support::{DEADLINE, TestDb, fresh_db, wait_for};
 use jobs::maintenance::{LeaseReaper, PeriodicJob, Retention, Scheduler};
 use jobs::{JobError, KindOptions, Kinds, NewJob, QueueConfig, RetryPolicy, admin, enqueue};
 use serde_json::json;
 use sqlx::Row;
 
-const DEADLINE: Duration = Duration::from_secs(60);
-
 async fn add(db: &TestDb, job: NewJob) -> i64 {
-    let mut conn = db.pool.acquire().await.unwrap();
-    enqueue(&mut conn, &job).await.unwrap().id
+    db.add(job).await
 }
 
 async fn wait_state(db: &TestDb, id: i64, state: &str) {
-    wait_for(&format!("job {id} to be {state}"), DEADLINE, || async {
-        (job_state(&db.pool, id).await == state).then_some(())
-    })
-    .await;
+    db.wait_state(id, state).await;
+}
+
+async fn job_state(pool: &sqlx::PgPool, id: i64) -> String {
+    sqlx::query_scalar("select state::text from onboard.job where id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }
 
 fn kinds(kind: &str, options: KindOptions) -> Kinds {
@@ -351,11 +354,7 @@ async fn per_queue_cap_of_two_is_never_exceeded_across_two_workers() {
 }
 
 async fn fresh_pool(db: &TestDb) -> sqlx::PgPool {
-    sqlx::postgres::PgPoolOptions::new()
-        .max_connections(10)
-        .connect(&db.url)
-        .await
-        .unwrap()
+    db.new_pool().await
 }
 
 #[tokio::test]

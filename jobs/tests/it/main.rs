@@ -1,0 +1,7 @@
+//! The queue's tests: a throwaway PostgreSQL, in-process workers and worker processes; no
+//! other crate of ours.
+
+mod plans;
+mod processes;
+mod queue;
+mod support;
