@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+/// The longest error text stored per attempt, in bytes; longer texts are cut.
+pub const MAX_MESSAGE_BYTES: usize = 8 * 1024;
+
 /// A handler's failure, telling the queue what to do next. Any other error type a handler
 /// returns is a plain failure: retried with the kind's backoff until attempts run out.
 #[derive(Debug, thiserror::Error)]

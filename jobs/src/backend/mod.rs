@@ -44,6 +44,9 @@ pub mod sql {
 use crate::job::{Cancellation, JobArgs};
 use crate::policy::Kinds;
 
+/// The default cap on the delay an outcome may set: one day.
+pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(24 * 3600);
+
 /// How one queue's worker fetches and runs jobs.
 #[derive(Debug, Clone)]
 pub struct QueueConfig {
@@ -63,6 +66,9 @@ pub struct QueueConfig {
     pub ack_batch: usize,
     /// Fetch statements in flight at once (each claims up to `batch_size`).
     pub fetchers: usize,
+    /// The longest delay an outcome may set (`RetryAfter`, `Snooze`, backoff): longer ones are
+    /// cut to it.
+    pub max_delay: Duration,
 }
 
 impl QueueConfig {
@@ -77,6 +83,7 @@ impl QueueConfig {
             kinds: Kinds::default(),
             ack_batch: 1000,
             fetchers: 2,
+            max_delay: DEFAULT_MAX_DELAY,
         }
     }
 

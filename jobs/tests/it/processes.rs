@@ -59,12 +59,15 @@ async fn worker_killed_mid_job_has_its_job_rescued_after_the_lease_and_cannot_co
     // The killed worker's attempt (1) no longer holds the job.
     assert!(!jobs::complete(&mut conn, id, 1).await.unwrap());
 
+    // The rescue runs attempt 2 and holds it until told to finish.
+    let finish = std::sync::Arc::new(tokio::sync::Notify::new());
     let pool = db.pool.clone();
+    let gate = finish.clone();
     let worker = spawn_worker(
         db.pool.clone(),
         QueueConfig::new("victims"),
         move |_, ctx| {
-            let pool = pool.clone();
+            let (pool, gate) = (pool.clone(), gate.clone());
             async move {
                 sqlx::query("insert into exec_log values ($1, $2, $3)")
                     .bind(ctx.id)
@@ -73,19 +76,37 @@ async fn worker_killed_mid_job_has_its_job_rescued_after_the_lease_and_cannot_co
                     .execute(&pool)
                     .await
                     .map_err(jobs::JobError::retry)?;
+                gate.notified().await;
                 Ok(())
             }
         },
     );
+    wait_for("the rescued attempt to start", DEADLINE, || async {
+        let (state, attempt): (String, i32) =
+            sqlx::query_as("select state::text, attempt from onboard.job where id = $1")
+                .bind(id)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        (state == "running" && attempt == 2).then_some(())
+    })
+    .await;
+    // The job is `running` again: only its attempt number fences the killed worker's completion.
+    assert!(
+        !jobs::complete(&mut conn, id, 1).await.unwrap(),
+        "a stale completion is fenced out by its attempt"
+    );
+    assert!(
+        !jobs::discard(&mut conn, id, 1, "stale").await.unwrap(),
+        "a stale discard is fenced out by its attempt"
+    );
+    assert_eq!(db.state(id).await, "running");
+    finish.notify_one();
     wait_for("the rescued job to complete", DEADLINE, || async {
         (db.state(id).await == "completed").then_some(())
     })
     .await;
     worker.shutdown().await;
-    assert!(
-        !jobs::complete(&mut conn, id, 1).await.unwrap(),
-        "a stale completion stays fenced"
-    );
     let attempts: Vec<i32> =
         sqlx::query_scalar("select attempt from exec_log where job_id = $1 order by attempt")
             .bind(id)
@@ -109,12 +130,13 @@ async fn two_worker_processes_draining_ten_thousand_jobs_run_each_exactly_once()
     let jobs: Vec<NewJob> = (0..10_000)
         .map(|n| NewJob::new("count", json!({"n": n})).queue("drain"))
         .collect();
+    // Both processes are up and idle before any job exists: both race for every batch.
+    let a = spawn_process(&db, "drain", "count", None).await;
+    let b = spawn_process(&db, "drain", "count", None).await;
     let mut conn = db.pool.acquire().await.unwrap();
     for chunk in jobs.chunks(2_000) {
         enqueue_many(&mut conn, chunk).await.unwrap();
     }
-    let a = spawn_process(&db, "drain", "count", None).await;
-    let b = spawn_process(&db, "drain", "count", None).await;
     wait_for("all 10,000 jobs to complete", DEADLINE, || async {
         let left: i64 =
             sqlx::query_scalar("select count(*) from onboard.job where state <> 'completed'")
@@ -137,6 +159,5 @@ async fn two_worker_processes_draining_ten_thousand_jobs_run_each_exactly_once()
         (10_000, 10_000),
         "each job ran exactly once"
     );
-    assert!(workers >= 1);
-    println!("two processes: {workers} worker(s) shared the 10,000 jobs");
+    assert_eq!(workers, 2, "both processes ran jobs");
 }
