@@ -135,6 +135,19 @@ where
 
     fn call(&mut self, task: Task<Args>) -> Self::Future {
         let ctx = task.ctx().data().get::<JobContext>().cloned();
+        if let Some(ctx) = &ctx {
+            let started = self
+                .shared
+                .unstarted
+                .lock()
+                .expect("unstarted lock")
+                .remove(&ctx.id)
+                .is_some();
+            if !started {
+                // Handed back at shutdown before it could start: another worker runs it.
+                return Box::pin(async { Ok(()) });
+            }
+        }
         let attempt = self.inner.call(task);
         let shared = self.shared.clone();
         Box::pin(async move {

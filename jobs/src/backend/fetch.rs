@@ -83,12 +83,12 @@ pub(crate) async fn run_fetcher<Args: JobArgs>(
     let mut restricted = false;
     let mut failures = 0u32;
     loop {
-        if shared.stop.is_cancelled() {
+        if shared.draining.is_cancelled() {
             return;
         }
         let first = tokio::select! {
             permit = shared.capacity.acquire() => permit,
-            () = shared.stop.cancelled() => return,
+            () = shared.draining.cancelled() => return,
         };
         let Ok(first) = first else { return };
         first.forget();
@@ -150,7 +150,7 @@ async fn wait(shared: &Shared, delay: Duration) {
     tokio::select! {
         () = tokio::time::sleep(delay) => {}
         () = shared.wake.notified() => {}
-        () = shared.stop.cancelled() => {}
+        () = shared.draining.cancelled() => {}
     }
 }
 
@@ -291,14 +291,19 @@ fn to_task<Args: JobArgs>(shared: &Shared, row: &PgRow) -> Option<Task<Args>> {
         cancellation,
     };
     match Args::decode(&kind, args.0) {
-        Ok(args) => Some(
+        Ok(args) => Some({
+            shared
+                .unstarted
+                .lock()
+                .expect("unstarted lock")
+                .insert(id, attempt);
             TaskBuilder::new(args)
                 .task_id(TaskId::from_int(u64::try_from(id).unwrap_or_default()))
                 // apalis adds one on first poll: the handler's `Attempt` equals ours.
                 .attempt(usize::try_from(attempt - 1).unwrap_or_default())
                 .data(ctx)
-                .build(),
-        ),
+                .build()
+        }),
         Err(reason) => {
             tracing::error!(job = id, %kind, %reason, "discarding a job that cannot be decoded");
             let _ = shared.acks.send(AckMessage::Outcome(Outcome {
