@@ -18,7 +18,9 @@ use crate::job::{Cancellation, JobArgs, JobContext};
 /// of `job_waiting_idx` bounded by `run_at`), claims up to `$4` `available` rows in fetch
 /// order (`job_available_idx`) unless the queue is paused or capped, and reports the seconds
 /// until the next waiting `run_at` (0 when rows were just made available: they are claimed by
-/// the next fetch). A backlog of future jobs is never walked.
+/// the next fetch). A backlog of future jobs is never walked. The outer updates need no state
+/// guard: their rows are locked by the inner select, which re-checked its conditions on each
+/// row's latest version (and a guard there would steer the planner onto a partial index).
 pub const FETCH: &str = "
 with restricted as (
     select exists (select 1 from onboard.queue
@@ -32,7 +34,6 @@ staged as (
               order by run_at, id
               limit $4
               for update skip locked))
-       and state in ('scheduled', 'retryable')
     returning id
 ),
 picked as (
@@ -46,7 +47,6 @@ picked as (
               order by priority, run_at, id
               limit $4
               for update skip locked))
-       and state = 'available'
     returning id, kind, args, attempt, max_attempts
 )
 select id, kind, args, attempt, max_attempts, null::float8 as next_due, null::bool as restricted
@@ -66,8 +66,7 @@ update onboard.job set state = 'available'
           where queue = $1 and state in ('scheduled', 'retryable') and run_at <= now()
           order by run_at, id
           limit $2
-          for update skip locked))
-   and state in ('scheduled', 'retryable')";
+          for update skip locked))";
 
 /// The claim statement of the capped path, run after the queue row is locked; `$5` is the
 /// start time the rate cap counted.
@@ -81,7 +80,6 @@ update onboard.job
           order by priority, run_at, id
           limit $4
           for update skip locked))
-   and state = 'available'
 returning id, kind, args, attempt, max_attempts";
 
 const NEXT_DUE: &str = "

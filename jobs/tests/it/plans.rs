@@ -53,6 +53,7 @@ async fn fetch_and_ack_plans_are_index_scans_with_a_million_finished_rows() {
             .fetch_all(&mut *conn)
             .await
             .unwrap();
+    println!("the fetch's generic plan:\n{}", plan.join("\n"));
     assert!(plan.join("\n").contains("Index"), "{plan:?}");
     assert_no_seq_scan_on_job("fetch", &plan);
 
