@@ -94,6 +94,13 @@ impl QueueConfig {
         self
     }
 
+    /// Connections this queue's backend may hold at once: one per job in flight (a handler
+    /// holds at most one), one per fetcher, and the acker's, heartbeat's and listener's.
+    pub fn connections(&self) -> u32 {
+        let n = self.max_in_flight.max(1) + self.fetchers.max(1) + 3;
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
     /// The lease actually used: at least twice the longest kind timeout.
     pub fn effective_lease(&self) -> Duration {
         self.lease.max(self.kinds.longest_timeout() * 2)

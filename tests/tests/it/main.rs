@@ -1,5 +1,6 @@
 //! Integration tests: real PostgreSQL, real processes, real HTTP.
 
+mod burst;
 mod clerk_events;
 mod ingress;
 mod saga;
