@@ -73,8 +73,9 @@ pub async fn fresh_db() -> TestDb {
     .await
     .expect("create test database");
     let url = pg.url(&name);
+    // As large as a deployed process's pool: the worker fits its concurrency to it.
     let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(20)
+        .max_connections(jobs::db::PoolSettings::default().max_connections)
         .connect(&url)
         .await
         .expect("connect test database");
