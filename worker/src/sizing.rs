@@ -103,7 +103,10 @@ mod tests {
         assert_eq!(fits[0].max_in_flight, 8);
         let fitted = fit_to_pool(vec![big, small], 40);
         assert!(connections_needed(&fitted) <= 40);
-        assert_eq!(fitted[1].max_in_flight, 8, "the small queue keeps its share");
+        assert_eq!(
+            fitted[1].max_in_flight, 8,
+            "the small queue keeps its share"
+        );
         assert!(fitted[0].max_in_flight > 8);
     }
 }

@@ -220,9 +220,9 @@ async fn claim_capped(shared: &Shared, wanted: usize) -> Result<Claimed, sqlx::E
     let queue = &shared.config.queue;
     let mut tx = shared.pool.begin().await?;
     let settings = sqlx::query(SETTINGS)
-    .bind(queue)
-    .fetch_optional(&mut *tx)
-    .await?;
+        .bind(queue)
+        .fetch_optional(&mut *tx)
+        .await?;
     let Some(settings) = settings else {
         tx.commit().await?;
         return claim(shared, wanted).await;

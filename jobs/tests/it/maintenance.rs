@@ -71,11 +71,13 @@ async fn the_lease_reaper_finishes_a_job_cancelled_while_its_worker_was_gone() {
         admin::cancel(&db.pool, id).await.unwrap(),
         jobs::JobState::Running
     );
-    sqlx::query("update onboard.job set lease_expires_at = now() - interval '1 second' where id = $1")
-        .bind(id)
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "update onboard.job set lease_expires_at = now() - interval '1 second' where id = $1",
+    )
+    .bind(id)
+    .execute(&db.pool)
+    .await
+    .unwrap();
     let mut conn = db.pool.acquire().await.unwrap();
     assert_eq!(LeaseReaper::default().run_once(&mut conn).await.unwrap(), 1);
     let (state, finalized, last_error): (String, bool, String) = sqlx::query_as(

@@ -470,7 +470,11 @@ async fn per_second_rate_cap_holds_across_two_workers() {
             .fetch_one(&db.pool)
             .await
             .unwrap();
-    assert_eq!((starts, workers), (16, 2), "each job started once, by both workers");
+    assert_eq!(
+        (starts, workers),
+        (16, 2),
+        "each job started once, by both workers"
+    );
 }
 
 #[tokio::test]

@@ -132,7 +132,11 @@ async fn after_the_shutdown_deadline_no_job_is_left_claimed_but_the_one_still_ru
             .fetch_all(&db.pool)
             .await
             .unwrap();
-    assert_eq!(claimed, [blocker], "only the job still running holds a claim");
+    assert_eq!(
+        claimed,
+        [blocker],
+        "only the job still running holds a claim"
+    );
     assert!(handed_back(&db, &early).await);
     assert!(untouched(&db, &late).await);
 }

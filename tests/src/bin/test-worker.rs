@@ -16,7 +16,8 @@ async fn main() -> anyhow::Result<()> {
         .connect(url)
         .await?;
     let timeout = Duration::from_millis(timeout_ms.parse()?);
-    let providers = integration_tests::stack::provider_settings(sandbox_url, timeout).providers()?;
+    let providers =
+        integration_tests::stack::provider_settings(sandbox_url, timeout).providers()?;
     let (stop, worker) = integration_tests::stack::spawn_worker_runtime(pool, providers);
     println!("ready");
     tokio::signal::ctrl_c().await?;

@@ -37,7 +37,13 @@ pub async fn spawn_process(db: &TestDb, queue: &str, mode: &str, lease_ms: Optio
         orders.push_str(&format!(" {lease}"));
     }
     let mut child = Command::new(std::env::current_exe().expect("the test binary"))
-        .args([ENTRY, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            ENTRY,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(ORDERS, orders)
         .stdout(Stdio::piped())
         .kill_on_drop(true)
