@@ -86,14 +86,16 @@ const NEXT_DUE: &str = "
 select extract(epoch from min(run_at) - now())::float8 from onboard.job
  where queue = $1 and state in ('scheduled', 'retryable') and run_at > now()";
 
-/// The queue's settings, locked. `at` is the clock read under the lock and never before the
-/// last refill, so successive claims see increasing times.
+/// Locks the queue's settings row: serialises the capped fetchers of a queue.
+const LOCK: &str = "select 1 from onboard.queue where name = $1 for update";
+
+/// The queue's settings, read after [`LOCK`] (so the latest version). `at` is the clock read
+/// under the lock and never before the last refill, so successive claims see increasing times.
 const SETTINGS: &str = "
 select q.paused, q.max_running, q.max_per_second, q.tokens, c.at,
        extract(epoch from c.at - q.tokens_at)::float8 as elapsed
   from onboard.queue q, lateral (select greatest(clock_timestamp(), q.tokens_at) as at) c
- where q.name = $1
-   for update of q";
+ where q.name = $1";
 
 /// How long a capped queue waits before it looks again for room freed by other workers.
 const CAP_RECHECK: Duration = Duration::from_millis(100);
@@ -219,10 +221,14 @@ async fn claim(shared: &Shared, limit: usize) -> Result<Claimed, sqlx::Error> {
 async fn claim_capped(shared: &Shared, wanted: usize) -> Result<Claimed, sqlx::Error> {
     let queue = &shared.config.queue;
     let mut tx = shared.pool.begin().await?;
-    let settings = sqlx::query(SETTINGS)
+    let locked = sqlx::query(LOCK)
         .bind(queue)
         .fetch_optional(&mut *tx)
         .await?;
+    let settings = match locked {
+        Some(_) => Some(sqlx::query(SETTINGS).bind(queue).fetch_one(&mut *tx).await?),
+        None => None,
+    };
     let Some(settings) = settings else {
         tx.commit().await?;
         return claim(shared, wanted).await;
