@@ -226,7 +226,12 @@ async fn claim_capped(shared: &Shared, wanted: usize) -> Result<Claimed, sqlx::E
         .fetch_optional(&mut *tx)
         .await?;
     let settings = match locked {
-        Some(_) => Some(sqlx::query(SETTINGS).bind(queue).fetch_one(&mut *tx).await?),
+        Some(_) => Some(
+            sqlx::query(SETTINGS)
+                .bind(queue)
+                .fetch_one(&mut *tx)
+                .await?,
+        ),
         None => None,
     };
     let Some(settings) = settings else {
