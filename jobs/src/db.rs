@@ -9,7 +9,8 @@ use sqlx::postgres::PgPoolOptions;
 /// Pool settings for one process.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
-    /// Connections at most. A worker holds one for LISTEN per queue.
+    /// Connections at most. A worker fits its jobs in flight to it (one connection each, plus
+    /// LISTEN, fetchers, acker and heartbeat per queue).
     pub max_connections: u32,
     /// How long a request waits for a connection before failing.
     pub acquire_timeout: Duration,
@@ -18,7 +19,7 @@ pub struct PoolSettings {
 impl Default for PoolSettings {
     fn default() -> Self {
         PoolSettings {
-            max_connections: 20,
+            max_connections: 40,
             acquire_timeout: Duration::from_secs(2),
         }
     }

@@ -181,7 +181,7 @@ pub async fn discard(
     )
     .bind(id)
     .bind(attempt)
-    .bind(message)
+    .bind(crate::error::storable(message))
     .execute(conn)
     .await?;
     Ok(done.rows_affected() == 1)

@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+/// The longest error text stored per attempt, in bytes; longer texts are cut.
+pub const MAX_MESSAGE_BYTES: usize = 8 * 1024;
+
 /// A handler's failure, telling the queue what to do next. Any other error type a handler
 /// returns is a plain failure: retried with the kind's backoff until attempts run out.
 #[derive(Debug, thiserror::Error)]
@@ -32,5 +35,32 @@ impl JobError {
     /// A permanent failure with a message.
     pub fn permanent(message: impl std::fmt::Display) -> Self {
         JobError::Permanent(message.to_string())
+    }
+}
+
+/// An error text as stored: without NUL characters (PostgreSQL's text and jsonb reject them)
+/// and cut to [`MAX_MESSAGE_BYTES`] on a character boundary.
+pub(crate) fn storable(message: &str) -> String {
+    let mut text: String = message.chars().filter(|c| *c != '\0').collect();
+    if text.len() > MAX_MESSAGE_BYTES {
+        let mut end = MAX_MESSAGE_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storable_text_has_no_nul_and_a_bounded_length() {
+        assert_eq!(storable("a\0b"), "ab");
+        let long = "é".repeat(MAX_MESSAGE_BYTES);
+        let cut = storable(&long);
+        assert!(cut.len() <= MAX_MESSAGE_BYTES && cut.len() > MAX_MESSAGE_BYTES - 2);
     }
 }

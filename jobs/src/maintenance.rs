@@ -10,8 +10,8 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::{NewJob, enqueue};
 
-/// Returns jobs whose lease expired to `retryable` (or `discarded` when out of attempts),
-/// recording the lost attempt. Their stale worker can no longer complete them: its attempt
+/// Returns jobs whose lease expired to `retryable` (or `discarded` when out of attempts, or
+/// `cancelled` when an operator cancelled them meanwhile), recording the lost attempt. Their stale worker can no longer complete them: its attempt
 /// no longer matches, or the row is not `running`.
 #[derive(Debug, Clone)]
 pub struct LeaseReaper {
@@ -30,8 +30,10 @@ impl LeaseReaper {
     pub async fn run_once(&self, conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
         let done = sqlx::query(
             "update onboard.job
-                set state = case when attempt >= max_attempts then 'discarded' else 'retryable' end::onboard.job_state,
-                    finalized_at = case when attempt >= max_attempts then now() end,
+                set state = case when cancel_requested then 'cancelled'
+                                 when attempt >= max_attempts then 'discarded'
+                                 else 'retryable' end::onboard.job_state,
+                    finalized_at = case when cancel_requested or attempt >= max_attempts then now() end,
                     run_at = now(),
                     errors = array_append(errors, jsonb_build_object(
                         'attempt', attempt, 'at', now(), 'worker', lease_owner, 'kind', 'lease_expired',
@@ -84,11 +86,14 @@ impl Retention {
             ("discarded", self.discarded),
         ] {
             deleted += sqlx::query(
+                // The guard is repeated outside: a row an operator retries while this waits
+                // for its lock is re-checked in its new version and kept.
                 "delete from onboard.job
                   where id = any(array(
                           select id from onboard.job
                            where state = $1::onboard.job_state and finalized_at < now() - $2 * interval '1 millisecond'
-                           limit $3))",
+                           limit $3))
+                    and state = $1::onboard.job_state and finalized_at < now() - $2 * interval '1 millisecond'",
             )
             .bind(state)
             .bind(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX))

@@ -73,8 +73,9 @@ pub async fn fresh_db() -> TestDb {
     .await
     .expect("create test database");
     let url = pg.url(&name);
+    // As large as a deployed process's pool: the worker fits its concurrency to it.
     let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(20)
+        .max_connections(jobs::db::PoolSettings::default().max_connections)
         .connect(&url)
         .await
         .expect("connect test database");
@@ -107,64 +108,6 @@ pub async fn job_state(pool: &PgPool, id: i64) -> String {
         .fetch_one(pool)
         .await
         .expect("job exists")
-}
-
-/// An apalis worker on our backend, run by a `Monitor` in a background task.
-pub struct RunningWorker {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    handle: tokio::task::JoinHandle<()>,
-}
-
-impl RunningWorker {
-    /// Shuts down gracefully (stop fetching, finish in-flight, release the rest) and waits.
-    pub async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(30), &mut self.handle).await;
-    }
-}
-
-impl Drop for RunningWorker {
-    fn drop(&mut self) {
-        self.handle.abort();
-    }
-}
-
-/// Starts a worker for `config.queue` running `handler` on every job.
-pub fn spawn_worker<F, Fut>(pool: PgPool, config: jobs::QueueConfig, handler: F) -> RunningWorker
-where
-    F: Fn(jobs::AnyJob, jobs::JobContext) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), jobs::JobError>> + Send + 'static,
-{
-    use apalis_core::monitor::Monitor;
-    use apalis_core::worker::builder::WorkerBuilder;
-
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let name = format!("test-{}", config.queue);
-    let monitor = Monitor::new()
-        .should_restart(|_, _| true)
-        .shutdown_timeout(Duration::from_secs(20))
-        .register(move |_| {
-            WorkerBuilder::new(name.clone())
-                .backend(jobs::PgBackend::<jobs::AnyJob>::new(
-                    pool.clone(),
-                    config.clone(),
-                ))
-                .build(handler.clone())
-        });
-    let handle = tokio::spawn(async move {
-        let _ = monitor
-            .run_with_signal(async move {
-                let _ = stopped.await;
-                Ok(())
-            })
-            .await;
-    });
-    RunningWorker {
-        stop: Some(stop),
-        handle,
-    }
 }
 
 /// Creates an empty database (no migrations applied), for upgrade tests.

@@ -6,3 +6,4 @@ pub mod handlers;
 pub mod provider;
 pub mod runtime;
 pub mod saga;
+pub mod sizing;

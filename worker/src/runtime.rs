@@ -51,6 +51,11 @@ impl Registry {
         self
     }
 
+    /// The queues served, as configured.
+    pub fn queues(&self) -> &[QueueConfig] {
+        &self.queues
+    }
+
     /// Runs jobs of `kind` with `handler`.
     pub fn handle<F, Fut>(mut self, kind: impl Into<String>, handler: F) -> Self
     where
@@ -116,7 +121,11 @@ pub async fn run(
             true
         })
         .shutdown_timeout(settings.shutdown_deadline);
-    for config in registry.queues.clone() {
+    let queues = crate::sizing::fit_to_pool(
+        registry.queues.clone(),
+        pool.options().get_max_connections(),
+    );
+    for config in queues {
         let (pool, registry) = (pool.clone(), registry.clone());
         monitor = monitor.register(move |_restarts| {
             let registry = registry.clone();

@@ -40,6 +40,43 @@ pub(crate) enum Verdict {
     Cancel(String),
 }
 
+impl Verdict {
+    /// The verdict with its delay cut to `max` (a provider's `Retry-After` can be absurd).
+    fn capped(self, max: Duration) -> Verdict {
+        match self {
+            Verdict::Retry {
+                message,
+                delay,
+                error_kind,
+            } => Verdict::Retry {
+                message,
+                delay: delay.min(max),
+                error_kind,
+            },
+            Verdict::Snooze(delay) => Verdict::Snooze(delay.min(max)),
+            other => other,
+        }
+    }
+
+    /// The same verdict with a fixed error text, for when the original cannot be stored.
+    fn minimal(&self) -> Option<Verdict> {
+        let message = "the outcome's error text could not be stored".to_owned();
+        match self {
+            Verdict::Retry { delay, .. } => Some(Verdict::Retry {
+                message,
+                delay: *delay,
+                error_kind: "unstorable",
+            }),
+            Verdict::Discard { .. } => Some(Verdict::Discard {
+                message,
+                error_kind: "unstorable",
+            }),
+            Verdict::Cancel(_) => Some(Verdict::Cancel(message)),
+            Verdict::Completed | Verdict::Snooze(_) => None,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Outcome {
     pub(crate) ctx: JobContext,
@@ -98,6 +135,19 @@ where
 
     fn call(&mut self, task: Task<Args>) -> Self::Future {
         let ctx = task.ctx().data().get::<JobContext>().cloned();
+        if let Some(ctx) = &ctx {
+            let started = self
+                .shared
+                .unstarted
+                .lock()
+                .expect("unstarted lock")
+                .remove(&ctx.id)
+                .is_some();
+            if !started {
+                // Handed back at shutdown before it could start: another worker runs it.
+                return Box::pin(async { Ok(()) });
+            }
+        }
         let attempt = self.inner.call(task);
         let shared = self.shared.clone();
         Box::pin(async move {
@@ -106,7 +156,10 @@ where
             };
             let span =
                 tracing::info_span!("job", id = ctx.id, kind = %ctx.kind, attempt = ctx.attempt);
-            let verdict = judge(&shared, &ctx, attempt).instrument(span).await;
+            let verdict = judge(&shared, &ctx, attempt)
+                .instrument(span)
+                .await
+                .capped(shared.config.max_delay);
             let _ = shared
                 .acks
                 .send(AckMessage::Outcome(Outcome { ctx, verdict }));
@@ -267,25 +320,34 @@ pub(crate) async fn run_acker(
         }
         let mut failures = 0u32;
         while !batch.is_empty() {
-            match write(&shared, &batch).await {
+            let error = match write(&shared, &batch).await {
                 Ok(()) => {
                     settle(&shared, &batch);
                     batch.clear();
+                    continue;
                 }
-                Err(error) => {
-                    failures += 1;
-                    let delay = Duration::from_millis(50 * 2u64.pow(failures.min(6)));
-                    tracing::warn!(%error, ?delay, "acknowledging outcomes failed; retrying");
-                    if stopping && failures > 8 {
-                        tracing::error!(
-                            "giving up on {} outcomes at shutdown; their leases will expire",
-                            batch.len()
-                        );
-                        batch.clear();
+                Err(error) if rejected(&error) => {
+                    // Some outcome cannot be stored: one by one, so it cannot hold back the rest.
+                    tracing::warn!(%error, "the database rejected a batch of outcomes; writing them one by one");
+                    write_each(&shared, &mut batch).await;
+                    if batch.is_empty() {
+                        continue;
                     }
-                    tokio::time::sleep(delay).await;
+                    "the database is unavailable".to_owned()
                 }
+                Err(error) => error.to_string(),
+            };
+            failures += 1;
+            let delay = Duration::from_millis(50 * 2u64.pow(failures.min(6)));
+            tracing::warn!(%error, ?delay, "acknowledging outcomes failed; retrying");
+            if stopping && failures > 8 {
+                tracing::error!(
+                    "giving up on {} outcomes at shutdown; their leases will expire",
+                    batch.len()
+                );
+                batch.clear();
             }
+            tokio::time::sleep(delay).await;
         }
         for done in flushes.drain(..) {
             let _ = done.send(());
@@ -294,6 +356,63 @@ pub(crate) async fn run_acker(
             return;
         }
     }
+}
+
+/// True when the database refused the statement itself (bad data, a constraint, a trigger):
+/// retrying it unchanged cannot help. Lost connections, deadlocks, lock timeouts and the like
+/// are worth retrying.
+fn rejected(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(error) = error else {
+        return false;
+    };
+    let code = error.code().unwrap_or_default();
+    let transient = ["08", "40", "53", "55", "57", "58"]
+        .iter()
+        .any(|class| code.starts_with(class));
+    !transient
+}
+
+/// Writes outcomes one at a time. One the database rejects is written again with a fixed
+/// error text; if that is rejected too it is given up: its job leaves the in-flight set, its
+/// lease lapses and the lease reaper rescues it. Outcomes that failed for a passing reason stay
+/// in `batch`.
+async fn write_each(shared: &Shared, batch: &mut Vec<Outcome>) {
+    let mut retry = Vec::new();
+    for outcome in batch.drain(..) {
+        let one = std::slice::from_ref(&outcome);
+        match write(shared, one).await {
+            Ok(()) => {}
+            Err(error) if rejected(&error) => {
+                let minimal = outcome.verdict.minimal().map(|verdict| Outcome {
+                    ctx: outcome.ctx.clone(),
+                    verdict,
+                });
+                let stored = match &minimal {
+                    Some(minimal) => write(shared, std::slice::from_ref(minimal)).await,
+                    None => Err(error),
+                };
+                match stored {
+                    Ok(()) => {}
+                    Err(again) if !rejected(&again) => {
+                        retry.push(outcome);
+                        continue;
+                    }
+                    Err(again) => tracing::error!(
+                        job = outcome.ctx.id,
+                        attempt = outcome.ctx.attempt,
+                        error = %again,
+                        "the database rejects this outcome; leaving the job to the lease reaper"
+                    ),
+                }
+            }
+            Err(_) => {
+                retry.push(outcome);
+                continue;
+            }
+        }
+        settle(shared, one);
+    }
+    *batch = retry;
 }
 
 /// Frees the in-flight slots of acknowledged jobs.
@@ -428,7 +547,7 @@ pub(crate) fn error_record(
         "attempt": ctx.attempt,
         "at": chrono::Utc::now(),
         "worker": shared.owner,
-        "message": message,
+        "message": crate::error::storable(message),
         "kind": kind,
     })
 }

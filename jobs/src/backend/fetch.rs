@@ -14,12 +14,27 @@ use super::Shared;
 use super::ack::{AckMessage, Outcome, Verdict};
 use crate::job::{Cancellation, JobArgs, JobContext};
 
-/// One statement for queues without caps: claims up to `$4` due rows unless the queue is
-/// paused or capped, and reports the seconds until the next waiting `run_at`.
+/// One statement for queues without caps: makes due waiting rows `available` (a range scan
+/// of `job_waiting_idx` bounded by `run_at`), claims up to `$4` `available` rows in fetch
+/// order (`job_available_idx`) unless the queue is paused or capped, and reports the seconds
+/// until the next waiting `run_at` (0 when rows were just made available: they are claimed by
+/// the next fetch). A backlog of future jobs is never walked. The outer updates need no state
+/// guard: their rows are locked by the inner select, which re-checked its conditions on each
+/// row's latest version (and a guard there would steer the planner onto a partial index).
 pub const FETCH: &str = "
 with restricted as (
     select exists (select 1 from onboard.queue
                     where name = $1 and (paused or max_running is not null or max_per_second is not null)) as yes
+),
+staged as (
+    update onboard.job set state = 'available'
+     where id = any(array(
+             select id from onboard.job
+              where queue = $1 and state in ('scheduled', 'retryable') and run_at <= now()
+              order by run_at, id
+              limit $4
+              for update skip locked))
+    returning id
 ),
 picked as (
     update onboard.job
@@ -27,39 +42,60 @@ picked as (
            lease_owner = $2, lease_expires_at = now() + $3 * interval '1 millisecond'
      where id = any(array(
              select id from onboard.job
-              where queue = $1 and state in ('available', 'scheduled', 'retryable') and run_at <= now()
+              where queue = $1 and state = 'available'
                 and not (select yes from restricted)
               order by priority, run_at, id
               limit $4
               for update skip locked))
-       and state in ('available', 'scheduled', 'retryable')
     returning id, kind, args, attempt, max_attempts
 )
 select id, kind, args, attempt, max_attempts, null::float8 as next_due, null::bool as restricted
   from picked
 union all
 select null, null, null, null, null,
-       (select extract(epoch from min(run_at) - now())::float8 from onboard.job
-         where queue = $1 and state in ('scheduled', 'retryable') and run_at > now()),
+       case when exists (select 1 from staged) then 0::float8
+            else (select extract(epoch from min(run_at) - now())::float8 from onboard.job
+                   where queue = $1 and state in ('scheduled', 'retryable') and run_at > now()) end,
        (select yes from restricted)";
 
-/// The claim statement of the capped path, run after the queue row is locked.
+/// Makes up to `$2` due waiting rows of queue `$1` `available` (the capped path's first step).
+const STAGE: &str = "
+update onboard.job set state = 'available'
+ where id = any(array(
+         select id from onboard.job
+          where queue = $1 and state in ('scheduled', 'retryable') and run_at <= now()
+          order by run_at, id
+          limit $2
+          for update skip locked))";
+
+/// The claim statement of the capped path, run after the queue row is locked; `$5` is the
+/// start time the rate cap counted.
 const CLAIM: &str = "
 update onboard.job
-   set state = 'running', attempt = attempt + 1, attempted_at = now(),
+   set state = 'running', attempt = attempt + 1, attempted_at = $5,
        lease_owner = $2, lease_expires_at = now() + $3 * interval '1 millisecond'
  where id = any(array(
          select id from onboard.job
-          where queue = $1 and state in ('available', 'scheduled', 'retryable') and run_at <= now()
+          where queue = $1 and state = 'available'
           order by priority, run_at, id
           limit $4
           for update skip locked))
-   and state in ('available', 'scheduled', 'retryable')
 returning id, kind, args, attempt, max_attempts";
 
 const NEXT_DUE: &str = "
 select extract(epoch from min(run_at) - now())::float8 from onboard.job
  where queue = $1 and state in ('scheduled', 'retryable') and run_at > now()";
+
+/// Locks the queue's settings row: serialises the capped fetchers of a queue.
+const LOCK: &str = "select 1 from onboard.queue where name = $1 for update";
+
+/// The queue's settings, read after [`LOCK`] (so the latest version). `at` is the clock read
+/// under the lock and never before the last refill, so successive claims see increasing times.
+const SETTINGS: &str = "
+select q.paused, q.max_running, q.max_per_second, q.tokens, c.at,
+       extract(epoch from c.at - q.tokens_at)::float8 as elapsed
+  from onboard.queue q, lateral (select greatest(clock_timestamp(), q.tokens_at) as at) c
+ where q.name = $1";
 
 /// How long a capped queue waits before it looks again for room freed by other workers.
 const CAP_RECHECK: Duration = Duration::from_millis(100);
@@ -83,12 +119,12 @@ pub(crate) async fn run_fetcher<Args: JobArgs>(
     let mut restricted = false;
     let mut failures = 0u32;
     loop {
-        if shared.stop.is_cancelled() {
+        if shared.draining.is_cancelled() {
             return;
         }
         let first = tokio::select! {
             permit = shared.capacity.acquire() => permit,
-            () = shared.stop.cancelled() => return,
+            () = shared.draining.cancelled() => return,
         };
         let Ok(first) = first else { return };
         first.forget();
@@ -150,7 +186,7 @@ async fn wait(shared: &Shared, delay: Duration) {
     tokio::select! {
         () = tokio::time::sleep(delay) => {}
         () = shared.wake.notified() => {}
-        () = shared.stop.cancelled() => {}
+        () = shared.draining.cancelled() => {}
     }
 }
 
@@ -185,14 +221,19 @@ async fn claim(shared: &Shared, limit: usize) -> Result<Claimed, sqlx::Error> {
 async fn claim_capped(shared: &Shared, wanted: usize) -> Result<Claimed, sqlx::Error> {
     let queue = &shared.config.queue;
     let mut tx = shared.pool.begin().await?;
-    let settings = sqlx::query(
-        "select paused, max_running, max_per_second, tokens,
-                extract(epoch from now() - tokens_at)::float8 as elapsed
-           from onboard.queue where name = $1 for update",
-    )
-    .bind(queue)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let locked = sqlx::query(LOCK)
+        .bind(queue)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let settings = match locked {
+        Some(_) => Some(
+            sqlx::query(SETTINGS)
+                .bind(queue)
+                .fetch_one(&mut *tx)
+                .await?,
+        ),
+        None => None,
+    };
     let Some(settings) = settings else {
         tx.commit().await?;
         return claim(shared, wanted).await;
@@ -205,10 +246,6 @@ async fn claim_capped(shared: &Shared, wanted: usize) -> Result<Claimed, sqlx::E
         tx.commit().await?;
         return claim(shared, wanted).await;
     }
-    let mut next_due: Option<f64> = sqlx::query_scalar(NEXT_DUE)
-        .bind(queue)
-        .fetch_one(&mut *tx)
-        .await?;
     if paused {
         tx.commit().await?;
         return Ok(Claimed {
@@ -217,6 +254,16 @@ async fn claim_capped(shared: &Shared, wanted: usize) -> Result<Claimed, sqlx::E
             restricted,
         });
     }
+    sqlx::query(STAGE)
+        .bind(queue)
+        .bind(i64::try_from(wanted).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+    let mut next_due: Option<f64> = sqlx::query_scalar(NEXT_DUE)
+        .bind(queue)
+        .fetch_one(&mut *tx)
+        .await?;
+    let at: chrono::DateTime<chrono::Utc> = settings.try_get("at")?;
     let mut allowed = wanted as f64;
     if let Some(max) = max_running {
         let running: i64 = sqlx::query_scalar(
@@ -231,7 +278,9 @@ async fn claim_capped(shared: &Shared, wanted: usize) -> Result<Claimed, sqlx::E
     if let Some(rate) = per_second {
         let stored: f64 = settings.try_get("tokens")?;
         let elapsed: f64 = settings.try_get("elapsed")?;
-        tokens = (stored + elapsed.max(0.0) * rate).min(rate.max(1.0));
+        // A bucket of one: starts are at least 1/rate apart, so no second sees more than
+        // `rate` of them.
+        tokens = (stored + elapsed.max(0.0) * rate).min(1.0);
         allowed = allowed.min(tokens.floor());
         if tokens < 1.0 {
             let refill = (1.0 - tokens) / rate;
@@ -245,15 +294,17 @@ async fn claim_capped(shared: &Shared, wanted: usize) -> Result<Claimed, sqlx::E
             .bind(&shared.owner)
             .bind(shared.lease_ms())
             .bind(limit)
+            .bind(at)
             .fetch_all(&mut *tx)
             .await?
     } else {
         Vec::new()
     };
     if per_second.is_some() {
-        sqlx::query("update onboard.queue set tokens = $2, tokens_at = now() where name = $1")
+        sqlx::query("update onboard.queue set tokens = $2, tokens_at = $3 where name = $1")
             .bind(queue)
             .bind(tokens - rows.len() as f64)
+            .bind(at)
             .execute(&mut *tx)
             .await?;
     }
@@ -291,14 +342,19 @@ fn to_task<Args: JobArgs>(shared: &Shared, row: &PgRow) -> Option<Task<Args>> {
         cancellation,
     };
     match Args::decode(&kind, args.0) {
-        Ok(args) => Some(
+        Ok(args) => Some({
+            shared
+                .unstarted
+                .lock()
+                .expect("unstarted lock")
+                .insert(id, attempt);
             TaskBuilder::new(args)
                 .task_id(TaskId::from_int(u64::try_from(id).unwrap_or_default()))
                 // apalis adds one on first poll: the handler's `Attempt` equals ours.
                 .attempt(usize::try_from(attempt - 1).unwrap_or_default())
                 .data(ctx)
-                .build(),
-        ),
+                .build()
+        }),
         Err(reason) => {
             tracing::error!(job = id, %kind, %reason, "discarding a job that cannot be decoded");
             let _ = shared.acks.send(AckMessage::Outcome(Outcome {

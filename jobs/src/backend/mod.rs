@@ -8,6 +8,7 @@
 //! the driver, so the apalis worker never dies of one.
 
 mod ack;
+mod drain;
 mod fetch;
 mod heartbeat;
 
@@ -44,6 +45,9 @@ pub mod sql {
 use crate::job::{Cancellation, JobArgs};
 use crate::policy::Kinds;
 
+/// The default cap on the delay an outcome may set: one day.
+pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(24 * 3600);
+
 /// How one queue's worker fetches and runs jobs.
 #[derive(Debug, Clone)]
 pub struct QueueConfig {
@@ -63,6 +67,9 @@ pub struct QueueConfig {
     pub ack_batch: usize,
     /// Fetch statements in flight at once (each claims up to `batch_size`).
     pub fetchers: usize,
+    /// The longest delay an outcome may set (`RetryAfter`, `Snooze`, backoff): longer ones are
+    /// cut to it.
+    pub max_delay: Duration,
 }
 
 impl QueueConfig {
@@ -77,6 +84,7 @@ impl QueueConfig {
             kinds: Kinds::default(),
             ack_batch: 1000,
             fetchers: 2,
+            max_delay: DEFAULT_MAX_DELAY,
         }
     }
 
@@ -84,6 +92,13 @@ impl QueueConfig {
     pub fn kinds(mut self, kinds: Kinds) -> Self {
         self.kinds = kinds;
         self
+    }
+
+    /// Connections this queue's backend may hold at once: one per job in flight (a handler
+    /// holds at most one), one per fetcher, and the acker's, heartbeat's and listener's.
+    pub fn connections(&self) -> u32 {
+        let n = self.max_in_flight.max(1) + self.fetchers.max(1) + 3;
+        u32::try_from(n).unwrap_or(u32::MAX)
     }
 
     /// The lease actually used: at least twice the longest kind timeout.
@@ -107,6 +122,12 @@ pub(crate) struct Shared {
     pub(crate) wake: Notify,
     /// Set when the backend closes or is dropped.
     pub(crate) stop: Cancellation,
+    /// Set at the shutdown signal (and by `stop`'s causes): the fetchers end.
+    pub(crate) draining: Cancellation,
+    /// Claimed jobs no handler has started yet, with their attempt: handed back at shutdown.
+    pub(crate) unstarted: Mutex<HashMap<i64, i32>>,
+    /// Set once the unstarted jobs have been handed back.
+    pub(crate) drained: tokio::sync::OnceCell<()>,
     pub(crate) acks: mpsc::UnboundedSender<ack::AckMessage>,
     pub(crate) fetchers: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -154,6 +175,9 @@ impl<Args: JobArgs> PgBackend<Args> {
             capacity,
             wake: Notify::new(),
             stop: Cancellation::default(),
+            draining: Cancellation::default(),
+            unstarted: Mutex::default(),
+            drained: tokio::sync::OnceCell::new(),
             acks: acks_tx,
             fetchers: Mutex::default(),
         });
@@ -173,10 +197,11 @@ impl<Args: JobArgs> PgBackend<Args> {
         &self.shared.owner
     }
 
-    fn start(&mut self) {
+    fn start(&mut self, worker: &WorkerContext) {
         let Some(driver) = self.driver.take() else {
             return;
         };
+        tokio::spawn(drain::watch(self.shared.clone(), worker.clone()));
         let (listening_tx, listening_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(heartbeat::listen(self.shared.clone(), listening_tx));
         tokio::spawn(heartbeat::beat(self.shared.clone()));
@@ -202,18 +227,18 @@ impl<Args: JobArgs> Backend for PgBackend<Args> {
     fn poll_ready(
         &mut self,
         _cx: &mut Context<'_>,
-        _worker: &WorkerContext,
+        worker: &WorkerContext,
     ) -> Poll<Result<(), Self::Error>> {
-        self.start();
+        self.start(worker);
         Poll::Ready(Ok(()))
     }
 
     fn poll_next(
         &mut self,
         cx: &mut Context<'_>,
-        _worker: &WorkerContext,
+        worker: &WorkerContext,
     ) -> Poll<Option<Result<Self::Task, Self::Error>>> {
-        self.start();
+        self.start(worker);
         self.tasks.poll_recv(cx).map(|task| task.map(Ok))
     }
 
@@ -223,8 +248,6 @@ impl<Args: JobArgs> Backend for PgBackend<Args> {
         _worker: &WorkerContext,
     ) -> Poll<Result<(), Self::Error>> {
         if self.closing.is_none() {
-            self.shared.stop.cancel();
-            self.shared.wake.notify_one();
             let (_, closed) = mpsc::unbounded_channel();
             let tasks = std::mem::replace(&mut self.tasks, closed);
             self.closing = Some(Box::pin(close(self.shared.clone(), tasks)));
@@ -236,21 +259,13 @@ impl<Args: JobArgs> Backend for PgBackend<Args> {
     }
 }
 
-/// Graceful close: stop fetching, hand back claimed-but-unstarted jobs, flush outcomes.
+/// Graceful close, once no handler runs: hand back claimed-but-unstarted jobs (if the shutdown
+/// watcher has not yet), flush outcomes, then stop the driver.
 async fn close<Args>(shared: Arc<Shared>, mut tasks: mpsc::UnboundedReceiver<Task<Args>>) {
-    let fetchers = std::mem::take(&mut *shared.fetchers.lock().expect("fetcher lock"));
-    for fetcher in fetchers {
-        let _ = fetcher.await;
-    }
     tasks.close();
-    let mut unstarted = Vec::new();
-    while let Ok(task) = tasks.try_recv() {
-        if let Some(ctx) = task.ctx().data().get::<crate::JobContext>() {
-            unstarted.push((ctx.id, ctx.attempt));
-        }
-    }
-    ack::release(&shared, &unstarted).await;
+    drain::drain(&shared).await;
     ack::flush(&shared).await;
+    shared.stop.cancel();
     let _ = sqlx::query("delete from onboard.worker where id = $1")
         .bind(&shared.owner)
         .execute(&shared.pool)
@@ -259,6 +274,8 @@ async fn close<Args>(shared: Arc<Shared>, mut tasks: mpsc::UnboundedReceiver<Tas
 
 impl<Args> Drop for PgBackend<Args> {
     fn drop(&mut self) {
+        // The shutdown watcher, if running, still hands back what was claimed.
+        self.shared.draining.cancel();
         self.shared.stop.cancel();
         self.shared.wake.notify_one();
     }

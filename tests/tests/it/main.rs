@@ -1,11 +1,9 @@
 //! Integration tests: real PostgreSQL, real processes, real HTTP.
 
+mod burst;
 mod clerk_events;
 mod ingress;
 mod magic;
 mod migrations;
-mod plans;
-mod processes;
-mod queue;
 mod saga;
 mod send;

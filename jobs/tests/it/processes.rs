@@ -1,49 +1,15 @@
 //! Guarantees that need real worker processes: a SIGKILL mid-job, and two processes racing.
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use integration_tests::{TestDb, fresh_db, job_state, spawn_worker, wait_for};
+use crate::support::process::{exec_log, interrupt, spawn_process};
+use crate::support::worker::spawn_worker;
+use crate::support::{fresh_db, wait_for};
 use jobs::maintenance::LeaseReaper;
 use jobs::{NewJob, QueueConfig, enqueue, enqueue_many};
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 const DEADLINE: Duration = Duration::from_secs(120);
-
-async fn exec_log(db: &TestDb) {
-    sqlx::query("create table exec_log (job_id bigint not null, attempt int not null, worker text not null)")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-}
-
-async fn spawn_process(db: &TestDb, queue: &str, mode: &str, lease_ms: Option<u64>) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_test-worker"));
-    cmd.arg(&db.url).arg(queue).arg(mode);
-    if let Some(lease) = lease_ms {
-        cmd.arg(lease.to_string());
-    }
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn test-worker");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let ready = tokio::time::timeout(DEADLINE, lines.next_line())
-        .await
-        .expect("worker ready in time");
-    assert_eq!(ready.unwrap().as_deref(), Some("ready"));
-    child
-}
-
-async fn interrupt(mut child: Child) {
-    let pid = child.id().expect("running child").to_string();
-    let _ = Command::new("kill").args(["-INT", &pid]).status().await;
-    let _ = tokio::time::timeout(DEADLINE, child.wait()).await;
-}
 
 #[tokio::test]
 async fn worker_killed_mid_job_has_its_job_rescued_after_the_lease_and_cannot_complete_it() {
@@ -89,16 +55,19 @@ async fn worker_killed_mid_job_has_its_job_rescued_after_the_lease_and_cannot_co
     })
     .await;
     assert_eq!(LeaseReaper::default().run_once(&mut conn).await.unwrap(), 1);
-    assert_eq!(job_state(&db.pool, id).await, "retryable");
+    assert_eq!(db.state(id).await, "retryable");
     // The killed worker's attempt (1) no longer holds the job.
     assert!(!jobs::complete(&mut conn, id, 1).await.unwrap());
 
+    // The rescue runs attempt 2 and holds it until told to finish.
+    let finish = std::sync::Arc::new(tokio::sync::Notify::new());
     let pool = db.pool.clone();
+    let gate = finish.clone();
     let worker = spawn_worker(
         db.pool.clone(),
         QueueConfig::new("victims"),
         move |_, ctx| {
-            let pool = pool.clone();
+            let (pool, gate) = (pool.clone(), gate.clone());
             async move {
                 sqlx::query("insert into exec_log values ($1, $2, $3)")
                     .bind(ctx.id)
@@ -107,19 +76,37 @@ async fn worker_killed_mid_job_has_its_job_rescued_after_the_lease_and_cannot_co
                     .execute(&pool)
                     .await
                     .map_err(jobs::JobError::retry)?;
+                gate.notified().await;
                 Ok(())
             }
         },
     );
+    wait_for("the rescued attempt to start", DEADLINE, || async {
+        let (state, attempt): (String, i32) =
+            sqlx::query_as("select state::text, attempt from onboard.job where id = $1")
+                .bind(id)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        (state == "running" && attempt == 2).then_some(())
+    })
+    .await;
+    // The job is `running` again: only its attempt number fences the killed worker's completion.
+    assert!(
+        !jobs::complete(&mut conn, id, 1).await.unwrap(),
+        "a stale completion is fenced out by its attempt"
+    );
+    assert!(
+        !jobs::discard(&mut conn, id, 1, "stale").await.unwrap(),
+        "a stale discard is fenced out by its attempt"
+    );
+    assert_eq!(db.state(id).await, "running");
+    finish.notify_one();
     wait_for("the rescued job to complete", DEADLINE, || async {
-        (job_state(&db.pool, id).await == "completed").then_some(())
+        (db.state(id).await == "completed").then_some(())
     })
     .await;
     worker.shutdown().await;
-    assert!(
-        !jobs::complete(&mut conn, id, 1).await.unwrap(),
-        "a stale completion stays fenced"
-    );
     let attempts: Vec<i32> =
         sqlx::query_scalar("select attempt from exec_log where job_id = $1 order by attempt")
             .bind(id)
@@ -143,12 +130,13 @@ async fn two_worker_processes_draining_ten_thousand_jobs_run_each_exactly_once()
     let jobs: Vec<NewJob> = (0..10_000)
         .map(|n| NewJob::new("count", json!({"n": n})).queue("drain"))
         .collect();
+    // Both processes are up and idle before any job exists: both race for every batch.
+    let a = spawn_process(&db, "drain", "count", None).await;
+    let b = spawn_process(&db, "drain", "count", None).await;
     let mut conn = db.pool.acquire().await.unwrap();
     for chunk in jobs.chunks(2_000) {
         enqueue_many(&mut conn, chunk).await.unwrap();
     }
-    let a = spawn_process(&db, "drain", "count", None).await;
-    let b = spawn_process(&db, "drain", "count", None).await;
     wait_for("all 10,000 jobs to complete", DEADLINE, || async {
         let left: i64 =
             sqlx::query_scalar("select count(*) from onboard.job where state <> 'completed'")
@@ -171,6 +159,5 @@ async fn two_worker_processes_draining_ten_thousand_jobs_run_each_exactly_once()
         (10_000, 10_000),
         "each job ran exactly once"
     );
-    assert!(workers >= 1);
-    println!("two processes: {workers} worker(s) shared the 10,000 jobs");
+    assert_eq!(workers, 2, "both processes ran jobs");
 }

@@ -4,24 +4,27 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use integration_tests::{TestDb, fresh_db, job_state, spawn_worker, wait_for};
+use crate::support::worker::spawn_worker;
+use crate::support::{DEADLINE, TestDb, fresh_db, wait_for};
 use jobs::maintenance::{LeaseReaper, PeriodicJob, Retention, Scheduler};
 use jobs::{JobError, KindOptions, Kinds, NewJob, QueueConfig, RetryPolicy, admin, enqueue};
 use serde_json::json;
 use sqlx::Row;
 
-const DEADLINE: Duration = Duration::from_secs(60);
-
 async fn add(db: &TestDb, job: NewJob) -> i64 {
-    let mut conn = db.pool.acquire().await.unwrap();
-    enqueue(&mut conn, &job).await.unwrap().id
+    db.add(job).await
 }
 
 async fn wait_state(db: &TestDb, id: i64, state: &str) {
-    wait_for(&format!("job {id} to be {state}"), DEADLINE, || async {
-        (job_state(&db.pool, id).await == state).then_some(())
-    })
-    .await;
+    db.wait_state(id, state).await;
+}
+
+async fn job_state(pool: &sqlx::PgPool, id: i64) -> String {
+    sqlx::query_scalar("select state::text from onboard.job where id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }
 
 fn kinds(kind: &str, options: KindOptions) -> Kinds {
@@ -351,11 +354,32 @@ async fn per_queue_cap_of_two_is_never_exceeded_across_two_workers() {
 }
 
 async fn fresh_pool(db: &TestDb) -> sqlx::PgPool {
-    sqlx::postgres::PgPoolOptions::new()
-        .max_connections(10)
-        .connect(&db.url)
+    db.new_pool().await
+}
+
+/// Holds the queue's settings row (`for share`) until the returned transaction ends, and
+/// waits until a fetcher of that queue is blocked on it: the proof that a fetch is under way
+/// and that the fetch before it has finished.
+async fn catch_a_fetch(db: &TestDb, queue: &str) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut holder = db.pool.begin().await.unwrap();
+    sqlx::query("select 1 from onboard.queue where name = $1 for share")
+        .bind(queue)
+        .execute(&mut *holder)
         .await
-        .unwrap()
+        .unwrap();
+    wait_for("a fetch of the paused queue", DEADLINE, || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity
+              where datname = current_database() and wait_event_type = 'Lock'
+                and query like '%from onboard.queue%for update%'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        (waiting > 0).then_some(())
+    })
+    .await;
+    holder
 }
 
 #[tokio::test]
@@ -366,19 +390,91 @@ async fn paused_queue_is_not_fetched_until_resumed() {
     let worker = spawn_worker(db.pool.clone(), QueueConfig::new("default"), |_, _| async {
         Ok(())
     });
-    // The worker has fetched at least once (its heartbeat row exists) and left the job alone.
-    wait_for("worker heartbeat", DEADLINE, || async {
-        let n: i64 = sqlx::query_scalar("select count(*) from onboard.worker")
+    // Two fetches caught in turn: the first one finished, having seen the pause, before the
+    // second could start.
+    catch_a_fetch(&db, "default").await.commit().await.unwrap();
+    let holder = catch_a_fetch(&db, "default").await;
+    let (state, attempt): (String, i32) =
+        sqlx::query_as("select state::text, attempt from onboard.job where id = $1")
+            .bind(id)
             .fetch_one(&db.pool)
             .await
             .unwrap();
-        (n > 0).then_some(())
-    })
-    .await;
-    assert_eq!(job_state(&db.pool, id).await, "available");
+    assert_eq!((state.as_str(), attempt), ("available", 0));
+    holder.commit().await.unwrap();
     admin::resume(&db.pool, "default").await.unwrap();
     wait_state(&db, id, "completed").await;
     worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn per_second_rate_cap_holds_across_two_workers() {
+    let db = fresh_db().await;
+    const CAP: i64 = 4;
+    admin::set_limits(&db.pool, "rated", None, Some(CAP as f64))
+        .await
+        .unwrap();
+    sqlx::query("create table start_log (job_id bigint not null, worker text not null)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let jobs: Vec<NewJob> = (0..16)
+        .map(|n| NewJob::new("work", json!({ "n": n })).queue("rated"))
+        .collect();
+    let mut conn = db.pool.acquire().await.unwrap();
+    let ids = jobs::enqueue_many(&mut conn, &jobs).await.unwrap();
+    drop(conn);
+    let log = db.pool.clone();
+    let handler = move |_, ctx: jobs::JobContext| {
+        let log = log.clone();
+        async move {
+            sqlx::query("insert into start_log values ($1, $2)")
+                .bind(ctx.id)
+                .bind(&ctx.worker)
+                .execute(&log)
+                .await
+                .map_err(JobError::retry)?;
+            Ok(())
+        }
+    };
+    let a = spawn_worker(db.pool.clone(), QueueConfig::new("rated"), handler.clone());
+    let b = spawn_worker(fresh_pool(&db).await, QueueConfig::new("rated"), handler);
+    for id in ids {
+        wait_state(&db, id, "completed").await;
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+    // Every start is recorded by the database (`attempted_at`): count them per second.
+    let per_calendar_second: i64 = db
+        .count(
+            "select coalesce(max(n), 0) from (
+                 select count(*) as n from onboard.job where queue = 'rated'
+                  group by date_trunc('second', attempted_at)) s",
+        )
+        .await;
+    let per_rolling_second: i64 = db
+        .count(
+            "select coalesce(max(n), 0) from (
+                 select (select count(*) from onboard.job b
+                          where b.queue = 'rated' and b.attempted_at >= a.attempted_at
+                            and b.attempted_at < a.attempted_at + interval '1 second') as n
+                   from onboard.job a where a.queue = 'rated') s",
+        )
+        .await;
+    assert!(
+        per_calendar_second <= CAP && per_rolling_second <= CAP,
+        "starts in one second: {per_calendar_second} (calendar), {per_rolling_second} (rolling); cap {CAP}"
+    );
+    let (starts, workers): (i64, i64) =
+        sqlx::query_as("select count(*), count(distinct worker) from start_log")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (starts, workers),
+        (16, 2),
+        "each job started once, by both workers"
+    );
 }
 
 #[tokio::test]
