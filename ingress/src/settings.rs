@@ -128,10 +128,14 @@ impl Settings {
         Args::from_env()?.settings(None)
     }
 
-    /// Like [`Settings::from_env`], but uses [`DEV_WEBHOOK_SECRET`] when no secret is set
-    /// (`onboard dev`).
+    /// Like [`Settings::from_env`], but uses [`DEV_WEBHOOK_SECRET`] when no secret is set, and
+    /// serves the process's internal listener on `ONBOARD_DASHBOARD_ADDR` (`onboard dev`).
     pub fn from_env_for_dev() -> Result<Self, SettingsError> {
-        Args::from_env()?.settings(Some(DEV_WEBHOOK_SECRET))
+        let dev = <DevFromEnv as clap::Parser>::try_parse_from(["dev"])
+            .map_err(|e| SettingsError::Parse(e.to_string()))?;
+        let mut settings = dev.args.settings(Some(DEV_WEBHOOK_SECRET))?;
+        settings.dashboard_addr = Some(dev.dashboard_addr);
+        Ok(settings)
     }
 }
 
@@ -169,6 +173,16 @@ pub struct Args {
 struct FromEnv {
     #[command(flatten)]
     args: Args,
+}
+
+/// `onboard dev`'s reading of the environment: the ingress's variables and the internal
+/// listener's address.
+#[derive(Debug, clap::Parser)]
+struct DevFromEnv {
+    #[command(flatten)]
+    args: Args,
+    #[arg(long, env = "ONBOARD_DASHBOARD_ADDR", default_value = "127.0.0.1:8081")]
+    dashboard_addr: SocketAddr,
 }
 
 impl Args {

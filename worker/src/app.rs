@@ -10,7 +10,7 @@ use secrecy::SecretString;
 use sqlx::PgPool;
 
 use crate::provider::{
-    ClerkClient, ClerkConfig, DEFAULT_TIMEOUT, ResendClient, ResendConfig, TwilioClient,
+    ClerkClient, ClerkConfig, ResendClient, ResendConfig, TwilioClient,
     TwilioConfig,
 };
 use crate::runtime::Registry;
@@ -39,38 +39,11 @@ pub struct ProviderSettings {
     pub timeout: Duration,
 }
 
-fn var(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
-fn url(name: &str, default: &str) -> anyhow::Result<Url> {
-    let value = var(name).unwrap_or_else(|| default.to_owned());
-    Url::parse(&value).with_context(|| format!("{name} is not a URL"))
-}
-
-fn required(name: &str) -> anyhow::Result<String> {
-    var(name).with_context(|| format!("{name} is not set"))
-}
-
 impl ProviderSettings {
-    /// Reads the settings from the environment; missing credentials are an error naming them.
+    /// Reads the settings from the environment alone (see [`crate::settings::Args`]); missing
+    /// credentials are an error naming them.
     pub fn from_env() -> anyhow::Result<Self> {
-        let timeout = var("ONBOARD_PROVIDER_TIMEOUT_MS")
-            .map(|ms| ms.parse::<u64>().map(Duration::from_millis))
-            .transpose()
-            .context("ONBOARD_PROVIDER_TIMEOUT_MS is not a number of milliseconds")?
-            .unwrap_or(DEFAULT_TIMEOUT);
-        Ok(ProviderSettings {
-            twilio_base_url: url("TWILIO_BASE_URL", "https://api.twilio.com")?,
-            twilio_account_sid: required("TWILIO_ACCOUNT_SID")?,
-            twilio_auth_token: required("TWILIO_AUTH_TOKEN")?.into(),
-            resend_base_url: url("RESEND_BASE_URL", "https://api.resend.com")?,
-            resend_api_key: required("RESEND_API_KEY")?.into(),
-            email_from: var("EMAIL_FROM").unwrap_or_else(|| "onboarding@example.com".into()),
-            clerk_base_url: url("CLERK_API_BASE_URL", "https://api.clerk.com")?,
-            clerk_secret_key: required("CLERK_SECRET_KEY")?.into(),
-            timeout,
-        })
+        crate::settings::Args::from_env()?.provider_settings()
     }
 
     /// Every provider at one base URL (the sandbox), with these credentials.

@@ -3,6 +3,8 @@
 
 pub mod app;
 pub mod handlers;
+pub mod internal;
 pub mod provider;
 pub mod runtime;
 pub mod saga;
+pub mod settings;

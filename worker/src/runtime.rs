@@ -10,6 +10,7 @@ use apalis_core::monitor::Monitor;
 use apalis_core::worker::builder::WorkerBuilder;
 use futures::future::BoxFuture;
 use jobs::maintenance::Maintenance;
+use jobs::sampler::QueueSampler;
 use jobs::{AnyJob, JobContext, JobError, PgBackend, QueueConfig};
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -75,6 +76,8 @@ pub struct WorkerSettings {
     pub shutdown_deadline: Duration,
     /// Lease reaper, retention, periodic jobs.
     pub maintenance: Maintenance,
+    /// Queue depth and age gauges (the registry's queues are always reported).
+    pub sampler: QueueSampler,
 }
 
 impl Default for WorkerSettings {
@@ -82,6 +85,7 @@ impl Default for WorkerSettings {
         WorkerSettings {
             shutdown_deadline: Duration::from_secs(30),
             maintenance: Maintenance::default(),
+            sampler: QueueSampler::default(),
         }
     }
 }
@@ -95,6 +99,8 @@ pub async fn run(
     settings: WorkerSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    jobs::metrics::describe();
+    crate::provider::metrics::describe();
     let (stop_tx, stop_rx) = watch::channel(false);
     let registry = Arc::new(registry);
     let mut monitor = Monitor::new()
@@ -125,6 +131,16 @@ pub async fn run(
             },
         ))
     };
+    let sampler = {
+        let mut stop = stop_rx.clone();
+        let mut sampler = settings.sampler.clone();
+        sampler
+            .queues
+            .extend(registry.queues.iter().map(|q| q.queue.clone()));
+        tokio::spawn(sampler.run(pool.clone(), async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        }))
+    };
     let mut stop = stop_rx;
     let signal = async move {
         shutdown.await;
@@ -133,6 +149,7 @@ pub async fn run(
     };
     let result = monitor.run_with_signal(signal).await;
     let _ = maintenance.await;
+    let _ = sampler.await;
     if !*stop.borrow_and_update() {
         anyhow::bail!("the worker monitor ended before shutdown was requested: {result:?}");
     }

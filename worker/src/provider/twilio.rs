@@ -178,7 +178,7 @@ impl TwilioClient {
     ) -> Result<SubAccount, ProviderError> {
         let url = self.accounts_url();
         let form = [("FriendlyName", friendly_name)];
-        let response = http::send(PROVIDER, Idempotence::NonIdempotent, || {
+        let response = http::send(PROVIDER, "create_subaccount", Idempotence::NonIdempotent, || {
             self.request(reqwest::Method::POST, url.clone()).form(&form)
         })
         .await?;
@@ -206,7 +206,7 @@ impl TwilioClient {
         }
         let mut accounts = Vec::new();
         for _ in 0..MAX_PAGES {
-            let response = http::send(PROVIDER, Idempotence::Idempotent, || {
+            let response = http::send(PROVIDER, "list_subaccounts", Idempotence::Idempotent, || {
                 self.request(reqwest::Method::GET, url.clone())
             })
             .await?;
@@ -237,7 +237,7 @@ impl TwilioClient {
     /// [`ProviderError::is_not_found`].
     pub async fn fetch_subaccount(&self, sid: &str) -> Result<SubAccount, ProviderError> {
         let url = self.account_url(sid);
-        let response = http::send(PROVIDER, Idempotence::Idempotent, || {
+        let response = http::send(PROVIDER, "fetch_subaccount", Idempotence::Idempotent, || {
             self.request(reqwest::Method::GET, url.clone())
         })
         .await?;
@@ -252,7 +252,7 @@ impl TwilioClient {
     ) -> Result<SubAccount, ProviderError> {
         let url = self.account_url(sid);
         let form = [("Status", status.as_str())];
-        let response = http::send(PROVIDER, Idempotence::Idempotent, || {
+        let response = http::send(PROVIDER, "update_status", Idempotence::Idempotent, || {
             self.request(reqwest::Method::POST, url.clone()).form(&form)
         })
         .await?;
