@@ -101,10 +101,13 @@ impl AppState {
     pub(crate) async fn read_body(&self, body: Body) -> Result<axum::body::Bytes, ApiError> {
         let limit = self.0.body_limit;
         axum::body::to_bytes(body, usize::MAX).await.map_err(|e| {
-            let over_limit = e
-                .into_inner()
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some();
+            let inner = e.into_inner();
+            // The limit's error is wrapped once per body adapter: look down the chain.
+            let over_limit = std::iter::successors(
+                Some(inner.as_ref() as &(dyn std::error::Error + 'static)),
+                |e| e.source(),
+            )
+            .any(|e| e.is::<http_body_util::LengthLimitError>());
             if over_limit {
                 ApiError::PayloadTooLarge(limit)
             } else {
