@@ -1,6 +1,6 @@
 //! The queue's series, recorded through the `metrics` facade into whatever recorder the
 //! process installed (none: recording is a no-op): attempts by outcome and their durations,
-//! reaped leases, and the depth and age of each queue (see [`crate::sampler`]).
+//! reaped leases, and the depth and age of each queue (sampled by `QueueSampler`).
 
 use std::time::Duration;
 
