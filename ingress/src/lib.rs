@@ -18,5 +18,5 @@ pub use error::ApiError;
 pub use settings::{DEV_WEBHOOK_SECRET, Settings, SettingsError, WebhookSecrets};
 pub use signature::Clock;
 pub use settings::Args;
-pub use startup::{Application, Running, internal_role, internal_router, router, serve, spawn};
+pub use startup::{Application, Running, internal_role, internal_router, router, spawn};
 pub use state::AppState;

@@ -322,21 +322,6 @@ impl Drop for Running {
     }
 }
 
-/// Runs the ingress on `pool` with `settings` until `shutdown` resolves (`onboard ingress`).
-pub async fn serve(
-    pool: PgPool,
-    settings: Settings,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let app = Application::bind(AppState::new(pool, &settings), &settings).await?;
-    tracing::info!(
-        ingress = %app.ingress_addr(),
-        internal = ?app.internal_addr(),
-        "ingress listening"
-    );
-    app.run_until(shutdown).await
-}
-
 /// Binds and serves in the background (tests: set both addresses to port 0).
 pub async fn spawn(pool: PgPool, settings: &Settings) -> anyhow::Result<Running> {
     Ok(Application::bind(AppState::new(pool, settings), settings)

@@ -51,6 +51,29 @@ async fn a_connection_that_sends_half_a_header_is_closed_by_the_server() {
 }
 
 #[tokio::test]
+async fn a_request_whose_body_never_finishes_is_answered_408_in_the_error_shape() {
+    let db = fresh_db().await;
+    let app = ingress(&db, |s| s.request_timeout = Duration::from_millis(300)).await;
+    let mut stream = tokio::net::TcpStream::connect(app.ingress_addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /webhooks/clerk HTTP/1.1\r\nHost: ingress.test\r\nsvix-id: msg_slow\r\n\
+              svix-timestamp: 1\r\nsvix-signature: v1,AAAA\r\ncontent-length: 100\r\n\r\n{\"type\"",
+        )
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut response))
+        .await
+        .expect("the server answers a request that takes too long")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(response.contains("\"request_timeout\""), "{response}");
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn rejections_from_the_router_and_the_layers_keep_the_error_body_shape() {
     let db = fresh_db().await;
     let app = ingress(&db, |s| s.body_limit = 1024).await;
