@@ -141,6 +141,8 @@ impl Settings {
 
 /// The ingress's flags, each also read from its environment variable (the flag wins).
 #[derive(Debug, Clone, clap::Args)]
+#[group(id = "ingress")]
+#[command(next_help_heading = "Ingress")]
 pub struct Args {
     /// Clerk's webhook signing secrets: one or more space-separated `whsec_…` (rotation).
     #[arg(long, env = SECRET_VAR, value_name = SECRET_VAR, hide_env_values = true)]

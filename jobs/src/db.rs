@@ -89,12 +89,25 @@ pub async fn check_ready(pool: &PgPool) -> Result<(), NotReady> {
         Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42P01" | "3F000")) => {
             None
         }
+        Err(sqlx::Error::PoolTimedOut) => return Err(NotReady::Unreachable(connect_error(pool).await)),
         Err(e) => return Err(NotReady::Unreachable(e)),
     };
     if applied.is_some_and(|v| v >= needed) {
         Ok(())
     } else {
         Err(NotReady::NotMigrated { applied, needed })
+    }
+}
+
+/// Why a connection cannot be made (the pool's own error only says it timed out).
+async fn connect_error(pool: &PgPool) -> sqlx::Error {
+    use sqlx::Connection as _;
+    match sqlx::PgConnection::connect_with(&pool.connect_options()).await {
+        Ok(conn) => {
+            let _ = conn.close().await;
+            sqlx::Error::PoolTimedOut
+        }
+        Err(e) => e,
     }
 }
 

@@ -115,7 +115,6 @@ async fn main() {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     if let Err(error) = run(cli.command).await {
-        tracing::error!(error = format!("{error:#}"), "onboard failed");
         eprintln!("error: {error:#}");
         std::process::exit(1);
     }

@@ -12,6 +12,8 @@ use sqlx::postgres::PgConnectOptions;
 
 /// The database flags.
 #[derive(Debug, Clone, clap::Args)]
+#[group(id = "database")]
+#[command(next_help_heading = "Database")]
 pub struct DatabaseArgs {
     /// The PostgreSQL URL (`onboard dev` starts its own PostgreSQL when it is unset).
     #[arg(long, env = "DATABASE_URL", value_name = "DATABASE_URL", hide_env_values = true)]
@@ -34,8 +36,11 @@ impl DatabaseArgs {
         let url = self.database_url.clone().context(
             "DATABASE_URL is not set (or use `onboard dev`, which starts its own PostgreSQL)",
         )?;
-        url.expose_secret()
-            .parse::<PgConnectOptions>()
+        let text = url.expose_secret();
+        if !(text.starts_with("postgres://") || text.starts_with("postgresql://")) {
+            anyhow::bail!("DATABASE_URL must start with postgres:// or postgresql://");
+        }
+        text.parse::<PgConnectOptions>()
             .map_err(|e| anyhow::anyhow!("DATABASE_URL is not a PostgreSQL URL: {e}"))?;
         if self.db_max_connections == 0 {
             anyhow::bail!("ONBOARD_DB_MAX_CONNECTIONS must be at least 1");
@@ -73,6 +78,8 @@ impl Database {
 
 /// The internal listener's flags.
 #[derive(Debug, Clone, clap::Args)]
+#[group(id = "internal")]
+#[command(next_help_heading = "Internal listener")]
 pub struct InternalArgs {
     /// The internal listener: `/healthz`, `/readyz`, `/metrics` of every role this process runs.
     #[arg(long, env = "ONBOARD_DASHBOARD_ADDR", value_name = "ONBOARD_DASHBOARD_ADDR", default_value = "127.0.0.1:8081")]

@@ -91,6 +91,8 @@ impl ProviderSettings {
 
 /// The worker's flags (DESIGN.md §8). Secrets are `SecretString`: never in `Debug` output.
 #[derive(Debug, Clone, clap::Args)]
+#[group(id = "worker")]
+#[command(next_help_heading = "Worker")]
 pub struct Args {
     /// Twilio's API base URL.
     #[arg(long, env = "TWILIO_BASE_URL", value_name = "TWILIO_BASE_URL", default_value = "https://api.twilio.com")]
