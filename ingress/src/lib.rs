@@ -15,8 +15,8 @@ pub mod state;
 pub mod webhook;
 
 pub use error::ApiError;
+pub use settings::Args;
 pub use settings::{DEV_WEBHOOK_SECRET, Settings, SettingsError, WebhookSecrets};
 pub use signature::Clock;
-pub use settings::Args;
 pub use startup::{Application, Running, internal_role, internal_router, router, spawn};
 pub use state::AppState;

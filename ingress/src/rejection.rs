@@ -22,7 +22,9 @@ pub async fn json_errors(State(state): State<AppState>, request: Request, next: 
         return response;
     }
     let mut rewritten = match status {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(state.body_limit()).into_response(),
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::PayloadTooLarge(state.body_limit()).into_response()
+        }
         other => plain(other),
     };
     for name in [header::ALLOW, header::RETRY_AFTER] {

@@ -148,22 +148,52 @@ pub struct Args {
     #[arg(long, env = SECRET_VAR, value_name = SECRET_VAR, hide_env_values = true)]
     pub webhook_secret: Option<SecretString>,
     /// The public listener's address (port 0: any free port).
-    #[arg(long, env = "ONBOARD_INGRESS_ADDR", value_name = "ONBOARD_INGRESS_ADDR", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "ONBOARD_INGRESS_ADDR",
+        value_name = "ONBOARD_INGRESS_ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
     pub ingress_addr: SocketAddr,
     /// The largest request body, in bytes.
-    #[arg(long, env = "ONBOARD_INGRESS_BODY_LIMIT", value_name = "ONBOARD_INGRESS_BODY_LIMIT", default_value_t = 262_144)]
+    #[arg(
+        long,
+        env = "ONBOARD_INGRESS_BODY_LIMIT",
+        value_name = "ONBOARD_INGRESS_BODY_LIMIT",
+        default_value_t = 262_144
+    )]
     pub body_limit: usize,
     /// How long a request may wait on the database before it answers 503, in milliseconds.
-    #[arg(long, env = "ONBOARD_INGRESS_DB_TIMEOUT_MS", value_name = "ONBOARD_INGRESS_DB_TIMEOUT_MS", default_value_t = 1500)]
+    #[arg(
+        long,
+        env = "ONBOARD_INGRESS_DB_TIMEOUT_MS",
+        value_name = "ONBOARD_INGRESS_DB_TIMEOUT_MS",
+        default_value_t = 1500
+    )]
     pub db_timeout_ms: u64,
     /// The shortest interval between two wake-ups of one queue, in milliseconds (1 to 1000).
-    #[arg(long, env = "ONBOARD_INGRESS_NOTIFY_EVERY_MS", value_name = "ONBOARD_INGRESS_NOTIFY_EVERY_MS", default_value_t = 5)]
+    #[arg(
+        long,
+        env = "ONBOARD_INGRESS_NOTIFY_EVERY_MS",
+        value_name = "ONBOARD_INGRESS_NOTIFY_EVERY_MS",
+        default_value_t = 5
+    )]
     pub notify_every_ms: u64,
     /// How long a client may take to send its request headers, in milliseconds.
-    #[arg(long, env = "ONBOARD_INGRESS_HEADER_TIMEOUT_MS", value_name = "ONBOARD_INGRESS_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "ONBOARD_INGRESS_HEADER_TIMEOUT_MS",
+        value_name = "ONBOARD_INGRESS_HEADER_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
     pub header_timeout_ms: u64,
     /// How long a whole request may take before it is answered 408, in milliseconds.
-    #[arg(long, env = "ONBOARD_INGRESS_REQUEST_TIMEOUT_MS", value_name = "ONBOARD_INGRESS_REQUEST_TIMEOUT_MS", default_value_t = 15_000)]
+    #[arg(
+        long,
+        env = "ONBOARD_INGRESS_REQUEST_TIMEOUT_MS",
+        value_name = "ONBOARD_INGRESS_REQUEST_TIMEOUT_MS",
+        default_value_t = 15_000
+    )]
     pub request_timeout_ms: u64,
     /// The base of the status URLs the API returns (default `http://<ingress addr>`).
     #[arg(long, env = "ONBOARD_PUBLIC_URL", value_name = "ONBOARD_PUBLIC_URL")]
@@ -223,8 +253,10 @@ impl Args {
         settings.notify_every = Duration::from_millis(self.notify_every_ms);
         settings.header_timeout =
             positive_ms("ONBOARD_INGRESS_HEADER_TIMEOUT_MS", self.header_timeout_ms)?;
-        settings.request_timeout =
-            positive_ms("ONBOARD_INGRESS_REQUEST_TIMEOUT_MS", self.request_timeout_ms)?;
+        settings.request_timeout = positive_ms(
+            "ONBOARD_INGRESS_REQUEST_TIMEOUT_MS",
+            self.request_timeout_ms,
+        )?;
         settings.public_url = match self.public_url.as_deref().map(str::trim) {
             Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
                 url.trim_end_matches('/').to_owned()
@@ -320,8 +352,11 @@ mod tests {
     #[test]
     fn a_bad_secret_names_the_variable_and_never_shows_the_secret() {
         let secret = "whsec_not*base64";
-        let error = settings(&["--webhook-secret", &format!("{DEV_WEBHOOK_SECRET} {secret}")])
-            .unwrap_err();
+        let error = settings(&[
+            "--webhook-secret",
+            &format!("{DEV_WEBHOOK_SECRET} {secret}"),
+        ])
+        .unwrap_err();
         let text = error.to_string();
         assert!(text.contains(SECRET_VAR) && text.contains("#2"), "{text}");
         assert!(!text.contains("not*base64") && !format!("{error:?}").contains("not*base64"));
@@ -354,11 +389,15 @@ mod tests {
         for (flag, value, var) in [
             ("--ingress-addr", "nope", "ONBOARD_INGRESS_ADDR"),
             ("--body-limit", "0", "ONBOARD_INGRESS_BODY_LIMIT"),
-            ("--header-timeout-ms", "0", "ONBOARD_INGRESS_HEADER_TIMEOUT_MS"),
+            (
+                "--header-timeout-ms",
+                "0",
+                "ONBOARD_INGRESS_HEADER_TIMEOUT_MS",
+            ),
             ("--public-url", "ftp://x", "ONBOARD_PUBLIC_URL"),
         ] {
-            let error = settings(&["--webhook-secret", DEV_WEBHOOK_SECRET, flag, value])
-                .unwrap_err();
+            let error =
+                settings(&["--webhook-secret", DEV_WEBHOOK_SECRET, flag, value]).unwrap_err();
             assert!(error.to_string().contains(var), "{flag}: {error}");
         }
     }

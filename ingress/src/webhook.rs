@@ -13,8 +13,8 @@ use onboarding::inbox::{
 };
 
 use crate::error::ApiError;
-use crate::signature::SvixHeaders;
 use crate::metrics;
+use crate::signature::SvixHeaders;
 use crate::state::AppState;
 
 /// Receives one Clerk delivery (DESIGN.md §6).
@@ -24,8 +24,8 @@ pub async fn receive_clerk_webhook(
     headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
-    let svix = SvixHeaders::read(&headers)
-        .inspect_err(|e| metrics::signature_failure(e.reason()))?;
+    let svix =
+        SvixHeaders::read(&headers).inspect_err(|e| metrics::signature_failure(e.reason()))?;
     tracing::Span::current().record("svix_id", svix.id.as_str());
     let bytes = state.read_body(body).await?;
     state

@@ -70,7 +70,9 @@ pub enum NotReady {
     #[error("the database is not reachable")]
     Unreachable(#[source] sqlx::Error),
     /// It answers, but this build's migrations are not all applied (`onboard migrate`).
-    #[error("the database answers but is not migrated (latest applied {applied:?}, this build needs {needed})")]
+    #[error(
+        "the database answers but is not migrated (latest applied {applied:?}, this build needs {needed})"
+    )]
     NotMigrated {
         /// The latest migration applied, if any.
         applied: Option<i64>,
@@ -89,7 +91,9 @@ pub async fn check_ready(pool: &PgPool) -> Result<(), NotReady> {
         Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42P01" | "3F000")) => {
             None
         }
-        Err(sqlx::Error::PoolTimedOut) => return Err(NotReady::Unreachable(connect_error(pool).await)),
+        Err(sqlx::Error::PoolTimedOut) => {
+            return Err(NotReady::Unreachable(connect_error(pool).await));
+        }
         Err(e) => return Err(NotReady::Unreachable(e)),
     };
     if applied.is_some_and(|v| v >= needed) {

@@ -65,7 +65,12 @@ enum Command {
     /// The provider emulator (Twilio, Resend, Clerk).
     Sandbox {
         /// The sandbox's address.
-        #[arg(long, env = "ONBOARD_SANDBOX_ADDR", value_name = "ONBOARD_SANDBOX_ADDR", default_value = "127.0.0.1:8089")]
+        #[arg(
+            long,
+            env = "ONBOARD_SANDBOX_ADDR",
+            value_name = "ONBOARD_SANDBOX_ADDR",
+            default_value = "127.0.0.1:8089"
+        )]
         sandbox_addr: SocketAddr,
     },
     /// Signs a Clerk event file the way Svix does and POSTs it to the webhook.
@@ -220,7 +225,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
 
 /// `onboard serve` / `ingress` / `worker`: the roles behind one internal listener, started
 /// once the database is ready, until SIGINT or SIGTERM.
-async fn serve(database: &DatabaseArgs, internal: &InternalArgs, roles: Roles) -> anyhow::Result<()> {
+async fn serve(
+    database: &DatabaseArgs,
+    internal: &InternalArgs,
+    roles: Roles,
+) -> anyhow::Result<()> {
     let process = Process::bind(&database.settings()?, internal.dashboard_addr, roles).await?;
     process.run(worker::runtime::shutdown_signal()).await
 }

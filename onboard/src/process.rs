@@ -109,12 +109,17 @@ impl Process {
 
     /// The public ingress listener's address, when the process runs the ingress.
     pub fn ingress_addr(&self) -> Option<SocketAddr> {
-        self.ingress.as_ref().map(ingress::Application::ingress_addr)
+        self.ingress
+            .as_ref()
+            .map(ingress::Application::ingress_addr)
     }
 
     /// Serves until `shutdown` resolves: the internal listener at once, the roles once the
     /// database is ready. Then stops the roles gracefully and the internal listener last.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let (stop, stopped) = watch::channel(false);
         let until = move |mut stopped: watch::Receiver<bool>| async move {
             let _ = stopped.wait_for(|stop| *stop).await;

@@ -16,10 +16,20 @@ use sqlx::postgres::PgConnectOptions;
 #[command(next_help_heading = "Database")]
 pub struct DatabaseArgs {
     /// The PostgreSQL URL (`onboard dev` starts its own PostgreSQL when it is unset).
-    #[arg(long, env = "DATABASE_URL", value_name = "DATABASE_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        value_name = "DATABASE_URL",
+        hide_env_values = true
+    )]
     pub database_url: Option<SecretString>,
     /// Connections in this process's pool at most.
-    #[arg(long, env = "ONBOARD_DB_MAX_CONNECTIONS", value_name = "ONBOARD_DB_MAX_CONNECTIONS", default_value_t = 20)]
+    #[arg(
+        long,
+        env = "ONBOARD_DB_MAX_CONNECTIONS",
+        value_name = "ONBOARD_DB_MAX_CONNECTIONS",
+        default_value_t = 20
+    )]
     pub db_max_connections: u32,
 }
 
@@ -82,7 +92,12 @@ impl Database {
 #[command(next_help_heading = "Internal listener")]
 pub struct InternalArgs {
     /// The internal listener: `/healthz`, `/readyz`, `/metrics` of every role this process runs.
-    #[arg(long, env = "ONBOARD_DASHBOARD_ADDR", value_name = "ONBOARD_DASHBOARD_ADDR", default_value = "127.0.0.1:8081")]
+    #[arg(
+        long,
+        env = "ONBOARD_DASHBOARD_ADDR",
+        value_name = "ONBOARD_DASHBOARD_ADDR",
+        default_value = "127.0.0.1:8081"
+    )]
     pub dashboard_addr: SocketAddr,
 }
 
@@ -117,7 +132,10 @@ mod tests {
         assert!(error.to_string().contains("DATABASE_URL"), "{error}");
         let cli = Cli::try_parse_from(["x", "--database-url", "mysql://u:hunter2@h/db"]).unwrap();
         let error = format!("{:#}", cli.database.settings().unwrap_err());
-        assert!(error.contains("DATABASE_URL") && !error.contains("hunter2"), "{error}");
+        assert!(
+            error.contains("DATABASE_URL") && !error.contains("hunter2"),
+            "{error}"
+        );
         let cli =
             Cli::try_parse_from(["x", "--database-url", "postgres://u:hunter2@h/db"]).unwrap();
         let database = cli.database.settings().unwrap();

@@ -34,7 +34,11 @@ fn a_bad_variable_stops_the_start_with_an_error_naming_it() {
     );
     let output = ingress(&[], &[("ONBOARD_INGRESS_ADDR", "nope")]);
     assert!(!output.status.success());
-    assert!(stderr(&output).contains("ONBOARD_INGRESS_ADDR"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("ONBOARD_INGRESS_ADDR"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
@@ -79,7 +83,11 @@ fn secrets_are_not_shown_by_help() {
     assert!(output.status.success(), "{}", stderr(&output));
     let help = String::from_utf8_lossy(&output.stdout);
     assert!(help.contains("CLERK_WEBHOOK_SIGNING_SECRET"), "{help}");
-    for secret in ["MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "twilio-token-secret", "hunter2"] {
+    for secret in [
+        "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "twilio-token-secret",
+        "hunter2",
+    ] {
         assert!(!help.contains(secret), "{help}");
     }
 }

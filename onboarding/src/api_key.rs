@@ -2,7 +2,6 @@
 //! `api-key revoke`. Only a SHA-256 of each key is stored. A key is
 //! `onb_<prefix>_<secret>`: the prefix finds the row, the hash is compared in constant time.
 
-
 use rand::RngCore;
 use secrecy::SecretString;
 use sha2::{Digest, Sha256};

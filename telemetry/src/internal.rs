@@ -30,7 +30,9 @@ pub struct Role {
 
 impl std::fmt::Debug for Role {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Role").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("Role")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -83,7 +85,8 @@ async fn healthz() -> Response {
 async fn readyz(checks: Arc<[(&'static str, Readiness)]>) -> Response {
     for (name, check) in checks.iter() {
         if let Err(reason) = check().await {
-            let body = json!({"error": {"code": "unavailable", "message": format!("{name}: {reason}")}});
+            let body =
+                json!({"error": {"code": "unavailable", "message": format!("{name}: {reason}")}});
             return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
         }
     }
@@ -92,7 +95,10 @@ async fn readyz(checks: Arc<[(&'static str, Readiness)]>) -> Response {
 
 async fn metrics() -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         crate::recorder::render(),
     )
         .into_response()

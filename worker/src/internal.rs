@@ -19,7 +19,9 @@ pub fn internal_role(pool: PgPool) -> telemetry::Role {
             {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(error)) => Err(format!("the database is not reachable: {error}")),
-                Err(_) => Err(format!("the database did not answer within {READY_TIMEOUT:?}")),
+                Err(_) => Err(format!(
+                    "the database did not answer within {READY_TIMEOUT:?}"
+                )),
             }
         }
     })

@@ -95,31 +95,71 @@ impl ProviderSettings {
 #[command(next_help_heading = "Worker")]
 pub struct Args {
     /// Twilio's API base URL.
-    #[arg(long, env = "TWILIO_BASE_URL", value_name = "TWILIO_BASE_URL", default_value = "https://api.twilio.com")]
+    #[arg(
+        long,
+        env = "TWILIO_BASE_URL",
+        value_name = "TWILIO_BASE_URL",
+        default_value = "https://api.twilio.com"
+    )]
     pub twilio_base_url: String,
     /// The Twilio (parent) account SID.
     #[arg(long, env = "TWILIO_ACCOUNT_SID", value_name = "TWILIO_ACCOUNT_SID")]
     pub twilio_account_sid: Option<String>,
     /// The Twilio auth token.
-    #[arg(long, env = "TWILIO_AUTH_TOKEN", value_name = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "TWILIO_AUTH_TOKEN",
+        value_name = "TWILIO_AUTH_TOKEN",
+        hide_env_values = true
+    )]
     pub twilio_auth_token: Option<SecretString>,
     /// Resend's API base URL.
-    #[arg(long, env = "RESEND_BASE_URL", value_name = "RESEND_BASE_URL", default_value = "https://api.resend.com")]
+    #[arg(
+        long,
+        env = "RESEND_BASE_URL",
+        value_name = "RESEND_BASE_URL",
+        default_value = "https://api.resend.com"
+    )]
     pub resend_base_url: String,
     /// The Resend API key.
-    #[arg(long, env = "RESEND_API_KEY", value_name = "RESEND_API_KEY", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "RESEND_API_KEY",
+        value_name = "RESEND_API_KEY",
+        hide_env_values = true
+    )]
     pub resend_api_key: Option<SecretString>,
     /// The welcome email's sender.
-    #[arg(long, env = "EMAIL_FROM", value_name = "EMAIL_FROM", default_value = "onboarding@example.com")]
+    #[arg(
+        long,
+        env = "EMAIL_FROM",
+        value_name = "EMAIL_FROM",
+        default_value = "onboarding@example.com"
+    )]
     pub email_from: String,
     /// Clerk's Backend API base URL.
-    #[arg(long, env = "CLERK_API_BASE_URL", value_name = "CLERK_API_BASE_URL", default_value = "https://api.clerk.com")]
+    #[arg(
+        long,
+        env = "CLERK_API_BASE_URL",
+        value_name = "CLERK_API_BASE_URL",
+        default_value = "https://api.clerk.com"
+    )]
     pub clerk_api_base_url: String,
     /// The Clerk secret key.
-    #[arg(long, env = "CLERK_SECRET_KEY", value_name = "CLERK_SECRET_KEY", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "CLERK_SECRET_KEY",
+        value_name = "CLERK_SECRET_KEY",
+        hide_env_values = true
+    )]
     pub clerk_secret_key: Option<SecretString>,
     /// The whole-call timeout of each provider request, in milliseconds.
-    #[arg(long, env = "ONBOARD_PROVIDER_TIMEOUT_MS", value_name = "ONBOARD_PROVIDER_TIMEOUT_MS", default_value_t = 5_000)]
+    #[arg(
+        long,
+        env = "ONBOARD_PROVIDER_TIMEOUT_MS",
+        value_name = "ONBOARD_PROVIDER_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
     pub provider_timeout_ms: u64,
 }
 

@@ -19,8 +19,7 @@ const DUPLICATES: &str = "onboard_ingress_duplicate_deliveries_total";
 const NO_MATCHING_SIGNATURE: &str =
     "onboard_ingress_signature_failures_total{reason=\"no_matching_signature\"}";
 const TOO_OLD: &str = "onboard_ingress_signature_failures_total{reason=\"timestamp_too_old\"}";
-const IN_FUTURE: &str =
-    "onboard_ingress_signature_failures_total{reason=\"timestamp_in_future\"}";
+const IN_FUTURE: &str = "onboard_ingress_signature_failures_total{reason=\"timestamp_in_future\"}";
 const WEBHOOK_204: &str =
     "onboard_ingress_requests_total{route=\"/webhooks/clerk\",status=\"204\"}";
 const HEALTHZ_200: &str = "onboard_ingress_requests_total{route=\"/healthz\",status=\"200\"}";
@@ -849,7 +848,10 @@ async fn a_stored_delivery_wakes_the_queue_listeners() {
     assert_eq!(second.payload(), "clerk");
     // Both wake-ups came from the ingress's coalescer, not from the enqueue's trigger.
     let metrics = app.metrics().await;
-    let sent = series_value(&metrics, "onboard_queue_wakeup_rounds_total{outcome=\"sent\"}");
+    let sent = series_value(
+        &metrics,
+        "onboard_queue_wakeup_rounds_total{outcome=\"sent\"}",
+    );
     assert!(sent >= 1, "{metrics}");
 }
 
@@ -919,7 +921,10 @@ async fn the_internal_listener_serves_health_readiness_and_metrics_and_the_publi
     assert!(series_value(&text, WEBHOOK_204) > webhook_204, "{text}");
     assert!(series_value(&text, HEALTHZ_200) > healthz_200, "{text}");
     assert!(series_value(&text, ENQUEUED) > enqueued, "{text}");
-    assert!(text.contains("# TYPE onboard_ingress_enqueue_seconds histogram"), "{text}");
+    assert!(
+        text.contains("# TYPE onboard_ingress_enqueue_seconds histogram"),
+        "{text}"
+    );
     let echoed = app
         .client
         .get(app.url("/healthz"))

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use integration_tests::stack::{Stack, StackOptions, organization_created, provider_settings, user_created};
+use integration_tests::stack::{
+    Stack, StackOptions, organization_created, provider_settings, user_created,
+};
 use integration_tests::{fresh_db, wait_for};
 use jobs::local_pg::{Durability, LocalPostgres};
 use onboard::process::{Process, Roles, WorkerRole};
@@ -31,7 +33,9 @@ async fn ingress(
 async fn a_connection_that_sends_half_a_header_is_closed_by_the_server() {
     let db = fresh_db().await;
     let app = ingress(&db, |s| s.header_timeout = Duration::from_millis(300)).await;
-    let mut stream = tokio::net::TcpStream::connect(app.ingress_addr).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(app.ingress_addr)
+        .await
+        .unwrap();
     stream
         .write_all(b"POST /webhooks/clerk HTTP/1.1\r\nHost: ingress.test\r\nsvix-id: msg_")
         .await
@@ -54,7 +58,9 @@ async fn a_connection_that_sends_half_a_header_is_closed_by_the_server() {
 async fn a_request_whose_body_never_finishes_is_answered_408_in_the_error_shape() {
     let db = fresh_db().await;
     let app = ingress(&db, |s| s.request_timeout = Duration::from_millis(300)).await;
-    let mut stream = tokio::net::TcpStream::connect(app.ingress_addr).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(app.ingress_addr)
+        .await
+        .unwrap();
     stream
         .write_all(
             b"POST /webhooks/clerk HTTP/1.1\r\nHost: ingress.test\r\nsvix-id: msg_slow\r\n\
@@ -88,14 +94,24 @@ async fn rejections_from_the_router_and_the_layers_keep_the_error_body_shape() {
     assert!(body["error"]["message"].is_string(), "{body}");
 
     // A declared length over the limit is refused by the layer before the handler runs.
-    let too_large = client.post(&url).body(vec![b'a'; 1025]).send().await.unwrap();
+    let too_large = client
+        .post(&url)
+        .body(vec![b'a'; 1025])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(too_large.status(), 413);
     let body: Value = too_large.json().await.unwrap();
     assert_eq!(body["error"]["code"], "payload_too_large", "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("1024"), "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("1024"),
+        "{body}"
+    );
 
     // An undeclared (chunked) length is cut off at the limit.
-    let mut stream = tokio::net::TcpStream::connect(app.ingress_addr).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(app.ingress_addr)
+        .await
+        .unwrap();
     let chunk = "a".repeat(2048);
     let request = format!(
         "POST /webhooks/clerk HTTP/1.1\r\nHost: ingress.test\r\nsvix-id: msg_chunked\r\n\
@@ -134,8 +150,10 @@ async fn get(client: &reqwest::Client, url: &str) -> Option<(u16, String)> {
 async fn a_worker_started_before_its_database_becomes_ready_once_the_database_is_up() {
     let port = free_port();
     let database = Database::new(&format!("postgres://postgres@127.0.0.1:{port}/postgres"));
-    let mut worker_settings = worker::runtime::WorkerSettings::default();
-    worker_settings.shutdown_deadline = Duration::from_secs(5);
+    let worker_settings = worker::runtime::WorkerSettings {
+        shutdown_deadline: Duration::from_secs(5),
+        ..worker::runtime::WorkerSettings::default()
+    };
     let roles = Roles {
         ingress: None,
         worker: Some(WorkerRole {
@@ -159,7 +177,10 @@ async fn a_worker_started_before_its_database_becomes_ready_once_the_database_is
     .await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("\"unavailable\""), "{body}");
-    assert!(!running.is_finished(), "the worker gave up instead of waiting");
+    assert!(
+        !running.is_finished(),
+        "the worker gave up instead of waiting"
+    );
 
     // Now the database comes up, and is migrated as `onboard migrate` would.
     let cluster = tokio::task::spawn_blocking(move || {
@@ -173,12 +194,16 @@ async fn a_worker_started_before_its_database_becomes_ready_once_the_database_is
         .unwrap();
     jobs::db::migrate(&pool).await.unwrap();
 
-    wait_for("the worker to be ready", Duration::from_secs(60), || async {
-        match get(&client, &readyz).await {
-            Some((200, _)) => Some(()),
-            _ => None,
-        }
-    })
+    wait_for(
+        "the worker to be ready",
+        Duration::from_secs(60),
+        || async {
+            match get(&client, &readyz).await {
+                Some((200, _)) => Some(()),
+                _ => None,
+            }
+        },
+    )
     .await;
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(30), running)
@@ -222,9 +247,13 @@ async fn onboard_worker_alone_serves_job_and_provider_counters_on_its_internal_l
             settings: worker_settings,
         }),
     };
-    let process = Process::bind(&Database::new(&stack.db.url), "127.0.0.1:0".parse().unwrap(), roles)
-        .await
-        .unwrap();
+    let process = Process::bind(
+        &Database::new(&stack.db.url),
+        "127.0.0.1:0".parse().unwrap(),
+        roles,
+    )
+    .await
+    .unwrap();
     let internal = format!("http://{}", process.internal_addr());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(process.run(async move {
@@ -252,7 +281,11 @@ async fn onboard_worker_alone_serves_job_and_provider_counters_on_its_internal_l
         sum_series(
             text,
             "onboard_provider_calls_total",
-            &["provider=\"twilio\"", "action=\"create_subaccount\"", "status=\"201\""],
+            &[
+                "provider=\"twilio\"",
+                "action=\"create_subaccount\"",
+                "status=\"201\"",
+            ],
         )
     };
     let before = metrics().await;
@@ -267,7 +300,9 @@ async fn onboard_worker_alone_serves_job_and_provider_counters_on_its_internal_l
             .await;
     }
     for i in 0..2 {
-        stack.wait_saga(&format!("org_metrics{i}"), "completed").await;
+        stack
+            .wait_saga(&format!("org_metrics{i}"), "completed")
+            .await;
     }
 
     let (status, _) = get(&client, &format!("{internal}/healthz")).await.unwrap();
@@ -278,7 +313,11 @@ async fn onboard_worker_alone_serves_job_and_provider_counters_on_its_internal_l
     assert!(completed(&after) >= completed(&before) + 2.0, "{after}");
     assert!(created(&after) >= created(&before) + 2.0, "{after}");
     assert!(
-        sum_series(&after, "onboard_job_attempt_seconds_count", &["queue=\"onboarding\""]) > 0.0,
+        sum_series(
+            &after,
+            "onboard_job_attempt_seconds_count",
+            &["queue=\"onboarding\""]
+        ) > 0.0,
         "{after}"
     );
     // The sampler reports every queue the worker serves, empty ones at 0.

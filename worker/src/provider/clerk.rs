@@ -162,13 +162,18 @@ impl ClerkClient {
         metadata: Value,
     ) -> Result<(), ProviderError> {
         let body = json!({ "public_metadata": metadata });
-        let response = http::send(PROVIDER, "update_org_metadata", Idempotence::Idempotent, || {
-            self.request(
-                reqwest::Method::PATCH,
-                &["organizations", org_id, "metadata"],
-            )
-            .json(&body)
-        })
+        let response = http::send(
+            PROVIDER,
+            "update_org_metadata",
+            Idempotence::Idempotent,
+            || {
+                self.request(
+                    reqwest::Method::PATCH,
+                    &["organizations", org_id, "metadata"],
+                )
+                .json(&body)
+            },
+        )
         .await?;
         let _organization: Value =
             http::read_json(PROVIDER, Idempotence::Idempotent, response).await?;
