@@ -326,13 +326,8 @@ mod tests {
         .unwrap();
         assert_eq!(s.notify_every, Duration::from_millis(20));
         for bad in ["0", "1001", "-1", "5ms"] {
-            let error = settings(&[
-                "--webhook-secret",
-                DEV_WEBHOOK_SECRET,
-                "--notify-every-ms",
-                bad,
-            ])
-            .unwrap_err();
+            let flag = format!("--notify-every-ms={bad}");
+            let error = settings(&["--webhook-secret", DEV_WEBHOOK_SECRET, &flag]).unwrap_err();
             assert!(
                 error
                     .to_string()
