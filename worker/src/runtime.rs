@@ -10,7 +10,6 @@ use apalis_core::monitor::Monitor;
 use apalis_core::worker::builder::WorkerBuilder;
 use futures::future::BoxFuture;
 use jobs::maintenance::Maintenance;
-use jobs::sampler::QueueSampler;
 use jobs::{AnyJob, JobContext, JobError, PgBackend, QueueConfig};
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -77,7 +76,7 @@ pub struct WorkerSettings {
     /// Lease reaper, retention, periodic jobs.
     pub maintenance: Maintenance,
     /// Queue depth and age gauges (the registry's queues are always reported).
-    pub sampler: QueueSampler,
+    pub sampler: jobs::sampler::QueueSampler,
 }
 
 impl Default for WorkerSettings {
@@ -85,7 +84,7 @@ impl Default for WorkerSettings {
         WorkerSettings {
             shutdown_deadline: Duration::from_secs(30),
             maintenance: Maintenance::default(),
-            sampler: QueueSampler::default(),
+            sampler: jobs::sampler::QueueSampler::default(),
         }
     }
 }
@@ -99,8 +98,6 @@ pub async fn run(
     settings: WorkerSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    jobs::metrics::describe();
-    crate::provider::metrics::describe();
     let (stop_tx, stop_rx) = watch::channel(false);
     let registry = Arc::new(registry);
     let mut monitor = Monitor::new()
@@ -131,6 +128,8 @@ pub async fn run(
             },
         ))
     };
+    jobs::metrics::describe();
+    crate::provider::metrics::describe();
     let sampler = {
         let mut stop = stop_rx.clone();
         let mut sampler = settings.sampler.clone();

@@ -40,20 +40,6 @@ pub(crate) enum Verdict {
     Cancel(String),
 }
 
-impl Verdict {
-    /// The outcome's name in the metrics: a retry past the last attempt is a discard.
-    fn outcome(&self, ctx: &JobContext) -> &'static str {
-        match self {
-            Verdict::Completed => "completed",
-            Verdict::Retry { .. } if ctx.attempt >= ctx.max_attempts => "discarded",
-            Verdict::Retry { .. } => "retried",
-            Verdict::Discard { .. } => "discarded",
-            Verdict::Snooze(_) => "snoozed",
-            Verdict::Cancel(_) => "cancelled",
-        }
-    }
-}
-
 #[derive(Debug)]
 pub(crate) struct Outcome {
     pub(crate) ctx: JobContext,
@@ -129,6 +115,20 @@ where
                 .send(AckMessage::Outcome(Outcome { ctx, verdict }));
             Ok(())
         })
+    }
+}
+
+impl Verdict {
+    /// The outcome's name in the metrics: a retry past the last attempt is a discard.
+    fn outcome(&self, ctx: &JobContext) -> &'static str {
+        match self {
+            Verdict::Completed => "completed",
+            Verdict::Retry { .. } if ctx.attempt >= ctx.max_attempts => "discarded",
+            Verdict::Retry { .. } => "retried",
+            Verdict::Discard { .. } => "discarded",
+            Verdict::Snooze(_) => "snoozed",
+            Verdict::Cancel(_) => "cancelled",
+        }
     }
 }
 
