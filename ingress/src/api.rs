@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{ApiError, FieldError};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Checks `Authorization: Bearer <key>`; returns the key's id.
 async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<i64, ApiError> {

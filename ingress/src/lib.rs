@@ -6,13 +6,17 @@ pub mod api;
 pub mod error;
 pub mod inbox_writer;
 pub mod metrics;
+pub mod rejection;
 pub mod send;
 pub mod settings;
 pub mod signature;
 pub mod startup;
+pub mod state;
 pub mod webhook;
 
 pub use error::ApiError;
+pub use settings::Args;
 pub use settings::{DEV_WEBHOOK_SECRET, Settings, SettingsError, WebhookSecrets};
 pub use signature::Clock;
-pub use startup::{AppState, Application, Running, internal_router, router, serve, spawn};
+pub use startup::{Application, Running, internal_role, internal_router, router, spawn};
+pub use state::AppState;

@@ -1,5 +1,6 @@
-//! The ingress role's typed configuration, read from environment variables and validated at
-//! start. Signing secrets are kept as parsed keys whose `Debug` never shows them.
+//! The ingress role's typed configuration: [`Args`] reads every value from a flag or its
+//! environment variable (the flag wins) and [`Args::settings`] validates them into
+//! [`Settings`]. Signing secrets are kept as parsed keys whose `Debug` never shows them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +20,9 @@ pub enum SettingsError {
     /// A required variable is unset or empty.
     #[error("{0} is not set")]
     Missing(&'static str),
+    /// The flags or the environment could not be read (the message names the variable).
+    #[error("{0}")]
+    Parse(String),
     /// A variable's value is not usable.
     #[error("{var} is invalid: {reason}")]
     Invalid {
@@ -78,8 +82,8 @@ pub struct Settings {
     pub webhook_secrets: WebhookSecrets,
     /// The public listener (`ONBOARD_INGRESS_ADDR`, default `127.0.0.1:8080`; port 0 = any).
     pub ingress_addr: SocketAddr,
-    /// The internal listener: health, readiness, metrics (`ONBOARD_DASHBOARD_ADDR`, default
-    /// `127.0.0.1:8081`). `None` when another role serves [`crate::internal_router`] there.
+    /// An internal listener of this ingress's own (health, readiness, metrics). `None` when
+    /// the process serves one for all its roles (`onboard` binds `ONBOARD_DASHBOARD_ADDR`).
     pub dashboard_addr: Option<SocketAddr>,
     /// Largest request body in bytes (`ONBOARD_INGRESS_BODY_LIMIT`, default 262144 = 256 KiB).
     pub body_limit: usize,
@@ -93,6 +97,12 @@ pub struct Settings {
     /// deliveries enqueue (`ONBOARD_INGRESS_NOTIFY_EVERY_MS`, default 5 ms): see
     /// [`jobs::notify::Coalescer`].
     pub notify_every: Duration,
+    /// A connection whose request headers are not all in within this is closed
+    /// (`ONBOARD_INGRESS_HEADER_TIMEOUT_MS`, default 10 s).
+    pub header_timeout: Duration,
+    /// A request not answered within this, body included, gets `408`
+    /// (`ONBOARD_INGRESS_REQUEST_TIMEOUT_MS`, default 15 s: Svix's own limit per attempt).
+    pub request_timeout: Duration,
 }
 
 impl Settings {
@@ -107,82 +117,147 @@ impl Settings {
             public_url: format!("http://{ingress_addr}"),
             db_timeout: Duration::from_millis(1500),
             notify_every: jobs::notify::DEFAULT_EVERY,
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(15),
         }
     }
 
-    /// Reads the settings from the environment; `CLERK_WEBHOOK_SIGNING_SECRET` is required.
+    /// Reads the settings from the environment alone; `CLERK_WEBHOOK_SIGNING_SECRET` is
+    /// required.
     pub fn from_env() -> Result<Self, SettingsError> {
-        Self::from_lookup(|name| std::env::var(name).ok(), None)
+        Args::from_env()?.settings(None)
     }
 
-    /// Like [`Settings::from_env`], but uses [`DEV_WEBHOOK_SECRET`] when no secret is set
-    /// (`onboard dev`).
+    /// Like [`Settings::from_env`], but uses [`DEV_WEBHOOK_SECRET`] when no secret is set, and
+    /// serves the process's internal listener on `ONBOARD_DASHBOARD_ADDR` (`onboard dev`).
     pub fn from_env_for_dev() -> Result<Self, SettingsError> {
-        Self::from_lookup(|name| std::env::var(name).ok(), Some(DEV_WEBHOOK_SECRET))
+        let dev = <DevFromEnv as clap::Parser>::try_parse_from(["dev"])
+            .map_err(|e| SettingsError::Parse(e.to_string()))?;
+        let mut settings = dev.args.settings(Some(DEV_WEBHOOK_SECRET))?;
+        settings.dashboard_addr = Some(dev.dashboard_addr);
+        Ok(settings)
+    }
+}
+
+/// The ingress's flags, each also read from its environment variable (the flag wins).
+#[derive(Debug, Clone, clap::Args)]
+#[group(id = "ingress")]
+#[command(next_help_heading = "Ingress")]
+pub struct Args {
+    /// Clerk's webhook signing secrets: one or more space-separated `whsec_…` (rotation).
+    #[arg(long, env = SECRET_VAR, value_name = SECRET_VAR, hide_env_values = true)]
+    pub webhook_secret: Option<SecretString>,
+    /// The public listener's address (port 0: any free port).
+    #[arg(
+        long,
+        env = "ONBOARD_INGRESS_ADDR",
+        value_name = "ONBOARD_INGRESS_ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub ingress_addr: SocketAddr,
+    /// The largest request body, in bytes.
+    #[arg(
+        long,
+        env = "ONBOARD_INGRESS_BODY_LIMIT",
+        value_name = "ONBOARD_INGRESS_BODY_LIMIT",
+        default_value_t = 262_144
+    )]
+    pub body_limit: usize,
+    /// How long a request may wait on the database before it answers 503, in milliseconds.
+    #[arg(
+        long,
+        env = "ONBOARD_INGRESS_DB_TIMEOUT_MS",
+        value_name = "ONBOARD_INGRESS_DB_TIMEOUT_MS",
+        default_value_t = 1500
+    )]
+    pub db_timeout_ms: u64,
+    /// The shortest interval between two wake-ups of one queue, in milliseconds (1 to 1000).
+    #[arg(
+        long,
+        env = "ONBOARD_INGRESS_NOTIFY_EVERY_MS",
+        value_name = "ONBOARD_INGRESS_NOTIFY_EVERY_MS",
+        default_value_t = 5
+    )]
+    pub notify_every_ms: u64,
+    /// How long a client may take to send its request headers, in milliseconds.
+    #[arg(
+        long,
+        env = "ONBOARD_INGRESS_HEADER_TIMEOUT_MS",
+        value_name = "ONBOARD_INGRESS_HEADER_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub header_timeout_ms: u64,
+    /// How long a whole request may take before it is answered 408, in milliseconds.
+    #[arg(
+        long,
+        env = "ONBOARD_INGRESS_REQUEST_TIMEOUT_MS",
+        value_name = "ONBOARD_INGRESS_REQUEST_TIMEOUT_MS",
+        default_value_t = 15_000
+    )]
+    pub request_timeout_ms: u64,
+    /// The base of the status URLs the API returns (default `http://<ingress addr>`).
+    #[arg(long, env = "ONBOARD_PUBLIC_URL", value_name = "ONBOARD_PUBLIC_URL")]
+    pub public_url: Option<String>,
+}
+
+/// [`Args`] as a command of its own, to read the environment alone.
+#[derive(Debug, clap::Parser)]
+struct FromEnv {
+    #[command(flatten)]
+    args: Args,
+}
+
+/// `onboard dev`'s reading of the environment: the ingress's variables and the internal
+/// listener's address.
+#[derive(Debug, clap::Parser)]
+struct DevFromEnv {
+    #[command(flatten)]
+    args: Args,
+    #[arg(long, env = "ONBOARD_DASHBOARD_ADDR", default_value = "127.0.0.1:8081")]
+    dashboard_addr: SocketAddr,
+}
+
+impl Args {
+    /// Reads the environment alone (no flags).
+    pub fn from_env() -> Result<Self, SettingsError> {
+        <FromEnv as clap::Parser>::try_parse_from(["ingress"])
+            .map(|parsed| parsed.args)
+            .map_err(|e| SettingsError::Parse(e.to_string()))
     }
 
-    /// Reads the settings through `lookup` (a variable's value, if set), with an optional
-    /// fallback secret.
-    pub fn from_lookup(
-        lookup: impl Fn(&str) -> Option<String>,
-        default_secret: Option<&str>,
-    ) -> Result<Self, SettingsError> {
-        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let secret = match (get(SECRET_VAR), default_secret) {
-            (Some(value), _) => SecretString::from(value),
-            (None, Some(default)) => SecretString::from(default.to_owned()),
-            (None, None) => return Err(SettingsError::Missing(SECRET_VAR)),
+    /// Validates the values; `default_secret` stands in when no secret is configured.
+    /// The process's internal listener is not the ingress's: `dashboard_addr` is `None`.
+    pub fn settings(&self, default_secret: Option<&str>) -> Result<Settings, SettingsError> {
+        let secret = match (&self.webhook_secret, default_secret) {
+            (Some(value), _) if !value.expose_secret().trim().is_empty() => value.clone(),
+            (_, Some(default)) => SecretString::from(default),
+            _ => return Err(SettingsError::Missing(SECRET_VAR)),
         };
         let mut settings = Settings::new(WebhookSecrets::parse(&secret)?);
-        if let Some(value) = get("ONBOARD_INGRESS_ADDR") {
-            settings.ingress_addr = parse_addr("ONBOARD_INGRESS_ADDR", &value)?;
+        settings.ingress_addr = self.ingress_addr;
+        settings.dashboard_addr = None;
+        if self.body_limit == 0 {
+            return Err(invalid(
+                "ONBOARD_INGRESS_BODY_LIMIT",
+                "must be a positive number of bytes",
+            ));
         }
-        if let Some(value) = get("ONBOARD_DASHBOARD_ADDR") {
-            settings.dashboard_addr = Some(parse_addr("ONBOARD_DASHBOARD_ADDR", &value)?);
+        settings.body_limit = self.body_limit;
+        settings.db_timeout = positive_ms("ONBOARD_INGRESS_DB_TIMEOUT_MS", self.db_timeout_ms)?;
+        if !(1..=1000).contains(&self.notify_every_ms) {
+            return Err(invalid(
+                "ONBOARD_INGRESS_NOTIFY_EVERY_MS",
+                "must be a number of milliseconds from 1 to 1000",
+            ));
         }
-        if let Some(value) = get("ONBOARD_INGRESS_BODY_LIMIT") {
-            settings.body_limit =
-                value
-                    .trim()
-                    .parse()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| {
-                        invalid(
-                            "ONBOARD_INGRESS_BODY_LIMIT",
-                            "must be a positive number of bytes",
-                        )
-                    })?;
-        }
-        if let Some(value) = get("ONBOARD_INGRESS_DB_TIMEOUT_MS") {
-            let millis: u64 = value
-                .trim()
-                .parse()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| {
-                    invalid(
-                        "ONBOARD_INGRESS_DB_TIMEOUT_MS",
-                        "must be a positive number of milliseconds",
-                    )
-                })?;
-            settings.db_timeout = Duration::from_millis(millis);
-        }
-        if let Some(value) = get("ONBOARD_INGRESS_NOTIFY_EVERY_MS") {
-            let millis: u64 = value
-                .trim()
-                .parse()
-                .ok()
-                .filter(|n| (1..=1000).contains(n))
-                .ok_or_else(|| {
-                    invalid(
-                        "ONBOARD_INGRESS_NOTIFY_EVERY_MS",
-                        "must be a number of milliseconds from 1 to 1000",
-                    )
-                })?;
-            settings.notify_every = Duration::from_millis(millis);
-        }
-        settings.public_url = match get("ONBOARD_PUBLIC_URL") {
+        settings.notify_every = Duration::from_millis(self.notify_every_ms);
+        settings.header_timeout =
+            positive_ms("ONBOARD_INGRESS_HEADER_TIMEOUT_MS", self.header_timeout_ms)?;
+        settings.request_timeout = positive_ms(
+            "ONBOARD_INGRESS_REQUEST_TIMEOUT_MS",
+            self.request_timeout_ms,
+        )?;
+        settings.public_url = match self.public_url.as_deref().map(str::trim) {
             Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
                 url.trim_end_matches('/').to_owned()
             }
@@ -198,6 +273,13 @@ impl Settings {
     }
 }
 
+fn positive_ms(var: &'static str, millis: u64) -> Result<Duration, SettingsError> {
+    if millis == 0 {
+        return Err(invalid(var, "must be a positive number of milliseconds"));
+    }
+    Ok(Duration::from_millis(millis))
+}
+
 fn invalid(var: &'static str, reason: &str) -> SettingsError {
     SettingsError::Invalid {
         var,
@@ -205,51 +287,47 @@ fn invalid(var: &'static str, reason: &str) -> SettingsError {
     }
 }
 
-fn parse_addr(var: &'static str, value: &str) -> Result<SocketAddr, SettingsError> {
-    value
-        .trim()
-        .parse()
-        .map_err(|_| invalid(var, "must be an address like 127.0.0.1:8080"))
-}
-
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
+    use clap::Parser;
 
     use super::*;
 
-    fn settings(vars: &[(&str, &str)]) -> Result<Settings, SettingsError> {
-        let vars: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        Settings::from_lookup(|name| vars.get(name).cloned(), None)
+    /// Parses flags alone (the test environment sets none of the variables).
+    fn settings(flags: &[&str]) -> Result<Settings, SettingsError> {
+        let mut argv = vec!["ingress"];
+        argv.extend_from_slice(flags);
+        FromEnv::try_parse_from(argv)
+            .map_err(|e| SettingsError::Parse(e.to_string()))?
+            .args
+            .settings(None)
     }
 
     #[test]
     fn defaults_apply_when_only_the_secret_is_set() {
-        let s = settings(&[(SECRET_VAR, DEV_WEBHOOK_SECRET)]).unwrap();
+        let s = settings(&["--webhook-secret", DEV_WEBHOOK_SECRET]).unwrap();
         assert_eq!(s.ingress_addr.to_string(), "127.0.0.1:8080");
-        assert_eq!(s.dashboard_addr.unwrap().to_string(), "127.0.0.1:8081");
+        assert_eq!(s.dashboard_addr, None);
         assert_eq!(s.body_limit, 262_144);
         assert_eq!(s.public_url, "http://127.0.0.1:8080");
         assert_eq!(s.notify_every, Duration::from_millis(5));
+        assert_eq!(s.header_timeout, Duration::from_secs(10));
+        assert_eq!(s.request_timeout, Duration::from_secs(15));
     }
 
     #[test]
     fn the_notify_pacing_is_read_in_milliseconds_and_bounded() {
         let s = settings(&[
-            (SECRET_VAR, DEV_WEBHOOK_SECRET),
-            ("ONBOARD_INGRESS_NOTIFY_EVERY_MS", "20"),
+            "--webhook-secret",
+            DEV_WEBHOOK_SECRET,
+            "--notify-every-ms",
+            "20",
         ])
         .unwrap();
         assert_eq!(s.notify_every, Duration::from_millis(20));
         for bad in ["0", "1001", "-1", "5ms"] {
-            let error = settings(&[
-                (SECRET_VAR, DEV_WEBHOOK_SECRET),
-                ("ONBOARD_INGRESS_NOTIFY_EVERY_MS", bad),
-            ])
-            .unwrap_err();
+            let flag = format!("--notify-every-ms={bad}");
+            let error = settings(&["--webhook-secret", DEV_WEBHOOK_SECRET, &flag]).unwrap_err();
             assert!(
                 error
                     .to_string()
@@ -262,20 +340,23 @@ mod tests {
     #[test]
     fn several_space_separated_secrets_are_accepted() {
         let value = format!("{DEV_WEBHOOK_SECRET}  whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
-        let s = settings(&[(SECRET_VAR, &value)]).unwrap();
+        let s = settings(&["--webhook-secret", &value]).unwrap();
         assert_eq!(s.webhook_secrets.keys().len(), 2);
     }
 
     #[test]
     fn a_bad_secret_names_the_variable_and_never_shows_the_secret() {
         let secret = "whsec_not*base64";
-        let error =
-            settings(&[(SECRET_VAR, &format!("{DEV_WEBHOOK_SECRET} {secret}"))]).unwrap_err();
+        let error = settings(&[
+            "--webhook-secret",
+            &format!("{DEV_WEBHOOK_SECRET} {secret}"),
+        ])
+        .unwrap_err();
         let text = error.to_string();
         assert!(text.contains(SECRET_VAR) && text.contains("#2"), "{text}");
         assert!(!text.contains("not*base64") && !format!("{error:?}").contains("not*base64"));
         assert!(matches!(
-            settings(&[(SECRET_VAR, "whsec_")]),
+            settings(&["--webhook-secret", "whsec_"]),
             Err(SettingsError::Invalid { .. })
         ));
         assert!(matches!(
@@ -286,21 +367,33 @@ mod tests {
 
     #[test]
     fn debug_output_redacts_the_secrets() {
-        let s = settings(&[(SECRET_VAR, DEV_WEBHOOK_SECRET)]).unwrap();
-        let debug = format!("{s:?}");
-        assert!(
-            !debug.contains("ZGV2LW9ubHktb25ib2FyZC13ZWJob29rLXNlY3JldA"),
-            "{debug}"
-        );
+        let args = FromEnv::try_parse_from(["ingress", "--webhook-secret", DEV_WEBHOOK_SECRET])
+            .unwrap()
+            .args;
+        let s = args.settings(None).unwrap();
+        for debug in [format!("{s:?}"), format!("{args:?}")] {
+            assert!(
+                !debug.contains("ZGV2LW9ubHktb25ib2FyZC13ZWJob29rLXNlY3JldA"),
+                "{debug}"
+            );
+        }
     }
 
     #[test]
-    fn a_bad_address_names_its_variable() {
-        let error = settings(&[
-            (SECRET_VAR, DEV_WEBHOOK_SECRET),
-            ("ONBOARD_INGRESS_ADDR", "nope"),
-        ])
-        .unwrap_err();
-        assert!(error.to_string().contains("ONBOARD_INGRESS_ADDR"));
+    fn a_bad_value_names_its_variable() {
+        for (flag, value, var) in [
+            ("--ingress-addr", "nope", "ONBOARD_INGRESS_ADDR"),
+            ("--body-limit", "0", "ONBOARD_INGRESS_BODY_LIMIT"),
+            (
+                "--header-timeout-ms",
+                "0",
+                "ONBOARD_INGRESS_HEADER_TIMEOUT_MS",
+            ),
+            ("--public-url", "ftp://x", "ONBOARD_PUBLIC_URL"),
+        ] {
+            let error =
+                settings(&["--webhook-secret", DEV_WEBHOOK_SECRET, flag, value]).unwrap_err();
+            assert!(error.to_string().contains(var), "{flag}: {error}");
+        }
     }
 }

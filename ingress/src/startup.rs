@@ -1,149 +1,63 @@
-//! Building and running the ingress: its shared state, the public and internal routers, one
-//! span per request with a request id, and the listeners (port 0 in tests).
+//! Building and running the ingress: the public router with its layers (request span and id,
+//! body limit, request timeout, JSON rejections), its part of the internal listener, and the
+//! listeners themselves (port 0 in tests). The public listener is served by hyper directly so
+//! that request headers have a deadline (`axum::serve` cannot set one).
 
-use crate::inbox_writer::InboxWriter;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::body::Body;
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::HeaderValue;
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderName, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use jobs::notify::Coalescer;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tracing::Instrument;
+use tower::ServiceBuilder;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::map_request_body::MapRequestBodyLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
-use crate::metrics::Metrics;
-use crate::settings::{Settings, WebhookSecrets};
-use crate::signature::Clock;
-use crate::{api, webhook};
+use crate::rejection::json_errors;
+use crate::settings::Settings;
+use crate::state::AppState;
+use crate::{api, metrics, webhook};
 
-struct Inner {
-    pool: PgPool,
-    secrets: WebhookSecrets,
-    clock: Clock,
-    metrics: Metrics,
-    body_limit: usize,
-    public_url: String,
-    db_timeout: Duration,
-    coalescer: Arc<Coalescer>,
-    writer: InboxWriter,
-}
-
-/// What every handler shares: the pool, the secrets, the clock, the metrics and the wake-up
-/// coalescer of the queues stored deliveries enqueue on.
-#[derive(Clone)]
-pub struct AppState(Arc<Inner>);
-
-impl std::fmt::Debug for AppState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState")
-            .field("secrets", &self.0.secrets)
-            .field("body_limit", &self.0.body_limit)
-            .field("public_url", &self.0.public_url)
-            .field("coalescer", &self.0.coalescer)
-            .finish_non_exhaustive()
-    }
-}
-
-impl AppState {
-    /// State on `pool` with the system clock. Starts the wake-up [`Coalescer`], so it needs a
-    /// Tokio runtime; the coalescer stops once the last clone of the state is dropped.
-    pub fn new(pool: PgPool, settings: &Settings) -> Self {
-        Self::with_clock(pool, settings, Clock::system())
-    }
-
-    /// State on `pool` whose timestamp checks read `clock` (tests pin it).
-    pub fn with_clock(pool: PgPool, settings: &Settings, clock: Clock) -> Self {
-        AppState(Arc::new(Inner {
-            coalescer: Coalescer::spawn(pool.clone(), settings.notify_every),
-            writer: InboxWriter::spawn(pool.clone()),
-            pool,
-            secrets: settings.webhook_secrets.clone(),
-            clock,
-            metrics: Metrics::default(),
-            body_limit: settings.body_limit,
-            public_url: settings.public_url.trim_end_matches('/').to_owned(),
-            db_timeout: settings.db_timeout,
-        }))
-    }
-
-    /// The database pool.
-    pub fn pool(&self) -> &PgPool {
-        &self.0.pool
-    }
-
-    /// This process's metrics.
-    pub fn metrics(&self) -> &Metrics {
-        &self.0.metrics
-    }
-
-    /// Wakes the workers of the queues that stored deliveries enqueue on (the inbox statement
-    /// sends no NOTIFY of its own; DESIGN.md §3, notify sparingly).
-    pub fn coalescer(&self) -> &Coalescer {
-        &self.0.coalescer
-    }
-
-    /// The group-commit writer webhook deliveries are stored through.
-    pub fn writer(&self) -> &InboxWriter {
-        &self.0.writer
-    }
-
-    pub(crate) fn secrets(&self) -> &WebhookSecrets {
-        &self.0.secrets
-    }
-
-    pub(crate) fn clock(&self) -> &Clock {
-        &self.0.clock
-    }
-
-    /// The status URL of saga `id`.
-    pub fn status_url(&self, id: i64) -> String {
-        format!("{}/v1/onboarding/{id}", self.0.public_url)
-    }
-
-    /// Reads a body up to the limit (`413` past it).
-    pub(crate) async fn read_body(&self, body: Body) -> Result<axum::body::Bytes, ApiError> {
-        let limit = self.0.body_limit;
-        axum::body::to_bytes(body, limit).await.map_err(|e| {
-            let over_limit = e
-                .into_inner()
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some();
-            if over_limit {
-                ApiError::PayloadTooLarge(limit)
-            } else {
-                ApiError::BadBody
-            }
-        })
-    }
-
-    /// Runs database work with the request's deadline: `503` when it does not finish in time
-    /// (an attempt whose outcome is unknown is never answered 2xx).
-    pub(crate) async fn db<T>(
-        &self,
-        work: impl Future<Output = Result<T, ApiError>>,
-    ) -> Result<T, ApiError> {
-        match tokio::time::timeout(self.0.db_timeout, work).await {
-            Ok(result) => result,
-            Err(_) => Err(ApiError::Unavailable(anyhow::anyhow!(
-                "the database did not answer within {:?}",
-                self.0.db_timeout
-            ))),
-        }
-    }
-}
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The public listener: the Clerk webhook, the onboarding API and `/healthz`.
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState, settings: &Settings) -> Router {
+    let layers = ServiceBuilder::new()
+        .map_request(drop_unusable_request_id)
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_request(())
+                .on_response(|response: &Response, _: Duration, span: &tracing::Span| {
+                    span.record("status", response.status().as_u16());
+                })
+                .on_body_chunk(())
+                .on_eos(())
+                .on_failure(()),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(middleware::from_fn(count_request))
+        .layer(middleware::from_fn_with_state(state.clone(), json_errors))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            settings.request_timeout,
+        ))
+        .map_response(IntoResponse::into_response)
+        .layer(RequestBodyLimitLayer::new(settings.body_limit))
+        .layer(MapRequestBodyLayer::new(axum::body::Body::new));
     Router::new()
         .route("/webhooks/clerk", post(webhook::receive_clerk_webhook))
         .route(
@@ -153,93 +67,129 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/onboarding/{id}", get(api::get_onboarding))
         .route("/healthz", get(healthz))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(layers)
         .with_state(state)
 }
 
-/// The internal listener: `/healthz`, `/readyz` (database reachable) and `/metrics`.
+/// The ingress's part of the internal listener: no pages of its own yet, ready when the
+/// database answers within the request deadline.
+pub fn internal_role(state: AppState) -> telemetry::Role {
+    metrics::describe();
+    telemetry::Role::new("ingress", Router::new(), move || {
+        let state = state.clone();
+        async move {
+            state
+                .db(async {
+                    sqlx::query("select 1")
+                        .execute(state.pool())
+                        .await
+                        .map_err(ApiError::database)
+                })
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("{:#}", anyhow::Error::new(e)))
+        }
+    })
+}
+
+/// The internal listener of an ingress run alone: `/healthz`, `/readyz`, `/metrics`.
 pub fn internal_router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(state)
+    telemetry::router(vec![internal_role(state)])
 }
 
 async fn healthz() -> impl IntoResponse {
     axum::Json(serde_json::json!({"status": "ok"}))
 }
 
-async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    state
-        .db(async {
-            sqlx::query("select 1")
-                .execute(state.pool())
-                .await
-                .map_err(ApiError::database)
-        })
-        .await?;
-    Ok(axum::Json(serde_json::json!({"status": "ready"})))
-}
-
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let mut text = state.metrics().render();
-    let stats = state.coalescer().stats();
-    text.push_str(
-        "# HELP onboard_ingress_wakeup_rounds_total Coalesced NOTIFY rounds that wake the workers, by outcome.\n\
-         # TYPE onboard_ingress_wakeup_rounds_total counter\n",
-    );
-    text.push_str(&format!(
-        "onboard_ingress_wakeup_rounds_total{{outcome=\"sent\"}} {}\n\
-         onboard_ingress_wakeup_rounds_total{{outcome=\"failed\"}} {}\n",
-        stats.rounds_sent, stats.rounds_failed
-    ));
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
-}
-
 async fn not_found() -> ApiError {
     ApiError::NotFound
 }
 
-/// A caller's `x-request-id` when it is short and plain, else a fresh one.
-fn request_id(request: &Request) -> String {
+/// Drops a caller's `x-request-id` unless it is short and plain, so a fresh one is made.
+fn drop_unusable_request_id(mut request: Request) -> Request {
+    let usable = request.headers().get(&REQUEST_ID).is_none_or(|v| {
+        !v.is_empty() && v.len() <= 64 && v.as_bytes().iter().all(u8::is_ascii_graphic)
+    });
+    if !usable {
+        request.headers_mut().remove(&REQUEST_ID);
+    }
     request
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned)
 }
 
-/// One span per request (method, matched route, request id), the request metric, and the
-/// `x-request-id` response header.
-async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// One span per request: method, matched route, request id (status recorded on response).
+fn request_span(request: &Request) -> tracing::Span {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str);
+    let id = request
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!("request", method = %request.method(), route = %route, request_id = %id, status = tracing::field::Empty)
+}
+
+/// Counts the answered request by matched route and status.
+async fn count_request(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let id = request_id(&request);
-    let span = tracing::info_span!("request", method = %request.method(), route = %route, request_id = %id, status = tracing::field::Empty);
-    let mut response = next.run(request).instrument(span.clone()).await;
-    let status = response.status();
-    span.record("status", status.as_u16());
-    state.metrics().request(&route, status.as_u16());
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert("x-request-id", value);
-    }
+    let response = next.run(request).await;
+    metrics::request(&route, response.status().as_u16());
     response
+}
+
+/// Serves `router` on `listener` with hyper's HTTP/1 server: a connection whose request
+/// headers do not arrive within `header_timeout` is closed. On `shutdown` it stops accepting,
+/// lets in-flight requests finish and closes idle connections.
+pub async fn serve_public(
+    listener: TcpListener,
+    router: Router,
+    header_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+            tower::ServiceExt::oneshot(router.clone(), request.map(axum::body::Body::new))
+        });
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection closed with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 /// A bound ingress, not yet serving: its addresses are known (bind port 0 in tests).
 #[derive(Debug)]
 pub struct Application {
     state: AppState,
+    router: Router,
+    header_timeout: Duration,
     ingress: TcpListener,
     internal: Option<TcpListener>,
 }
@@ -261,6 +211,8 @@ impl Application {
             None => None,
         };
         Ok(Application {
+            router: router(state.clone(), settings),
+            header_timeout: settings.header_timeout,
             state,
             ingress,
             internal,
@@ -297,17 +249,23 @@ impl Application {
         let until = move |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         };
-        let public = axum::serve(self.ingress, router(self.state.clone()))
-            .with_graceful_shutdown(until(stopped.clone()));
+        let public = serve_public(
+            self.ingress,
+            self.router,
+            self.header_timeout,
+            until(stopped.clone()),
+        );
         match self.internal {
             Some(internal) => {
-                let internal = axum::serve(internal, internal_router(self.state.clone()))
-                    .with_graceful_shutdown(until(stopped));
-                let (a, b) = tokio::join!(public.into_future(), internal.into_future());
-                a.context("ingress listener")?;
-                b.context("internal listener")?;
+                let internal = telemetry::serve(
+                    internal,
+                    internal_router(self.state.clone()),
+                    until(stopped),
+                );
+                let ((), served) = tokio::join!(public, internal);
+                served.context("internal listener")?;
             }
-            None => public.await.context("ingress listener")?,
+            None => public.await,
         }
         Ok(())
     }
@@ -362,21 +320,6 @@ impl Drop for Running {
             self.task.abort();
         }
     }
-}
-
-/// Runs the ingress on `pool` with `settings` until `shutdown` resolves (`onboard ingress`).
-pub async fn serve(
-    pool: PgPool,
-    settings: Settings,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let app = Application::bind(AppState::new(pool, &settings), &settings).await?;
-    tracing::info!(
-        ingress = %app.ingress_addr(),
-        internal = ?app.internal_addr(),
-        "ingress listening"
-    );
-    app.run_until(shutdown).await
 }
 
 /// Binds and serves in the background (tests: set both addresses to port 0).

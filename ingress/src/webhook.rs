@@ -13,8 +13,9 @@ use onboarding::inbox::{
 };
 
 use crate::error::ApiError;
+use crate::metrics;
 use crate::signature::SvixHeaders;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Receives one Clerk delivery (DESIGN.md §6).
 #[tracing::instrument(name = "clerk_webhook", skip_all, fields(svix_id, event_type))]
@@ -23,14 +24,14 @@ pub async fn receive_clerk_webhook(
     headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
-    let svix = SvixHeaders::read(&headers)
-        .inspect_err(|e| state.metrics().signature_failure(e.reason()))?;
+    let svix =
+        SvixHeaders::read(&headers).inspect_err(|e| metrics::signature_failure(e.reason()))?;
     tracing::Span::current().record("svix_id", svix.id.as_str());
     let bytes = state.read_body(body).await?;
     state
         .secrets()
         .verify(&headers, &svix, &bytes, state.clock().now())
-        .inspect_err(|e| state.metrics().signature_failure(e.reason()))?;
+        .inspect_err(|e| metrics::signature_failure(e.reason()))?;
 
     // Verified: only now is the body parsed. Signed bodies are UTF-8 (Svix signs text).
     let parsed = std::str::from_utf8(&bytes)
@@ -65,7 +66,7 @@ pub async fn receive_clerk_webhook(
         .await?;
     match received {
         Ok(received) => {
-            state.metrics().enqueue_latency(started.elapsed());
+            metrics::enqueue_latency(started.elapsed());
             if let Some(queue) = received.queue_to_wake() {
                 state.coalescer().note(queue);
             }
@@ -76,7 +77,7 @@ pub async fn receive_clerk_webhook(
                     "stored"
                 );
             } else {
-                state.metrics().duplicate();
+                metrics::duplicate();
                 tracing::debug!("duplicate delivery");
             }
             Ok(StatusCode::NO_CONTENT)
@@ -110,7 +111,7 @@ async fn reject(state: &AppState, svix: &SvixHeaders, body: &[u8], reason: Strin
         .await;
     match recorded {
         Ok(()) => {
-            state.metrics().rejected();
+            metrics::rejected();
             ApiError::NotAnEvent(reason)
         }
         Err(e) => e,

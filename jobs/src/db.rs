@@ -1,6 +1,9 @@
-//! Connecting to PostgreSQL and applying our migrations (tracked in `onboard._sqlx_migrations`).
+//! Connecting to PostgreSQL, waiting for it at start, and applying our migrations (tracked in
+//! `onboard._sqlx_migrations`).
 
 use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable as _};
 
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
@@ -59,4 +62,90 @@ pub fn migrator() -> Migrator {
 /// Applies every pending migration; a no-op when the schema is current.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     migrator().run(pool).await
+}
+
+/// Why the database cannot serve this build yet.
+#[derive(Debug, thiserror::Error)]
+pub enum NotReady {
+    /// It does not answer.
+    #[error("the database is not reachable")]
+    Unreachable(#[source] sqlx::Error),
+    /// It answers, but this build's migrations are not all applied (`onboard migrate`).
+    #[error(
+        "the database answers but is not migrated (latest applied {applied:?}, this build needs {needed})"
+    )]
+    NotMigrated {
+        /// The latest migration applied, if any.
+        applied: Option<i64>,
+        /// The latest migration of this build.
+        needed: i64,
+    },
+}
+
+/// Checks once that the database answers and holds every migration of this build.
+pub async fn check_ready(pool: &PgPool) -> Result<(), NotReady> {
+    const LATEST: &str = "select max(version) from onboard._sqlx_migrations where success";
+    let needed = migrator().iter().map(|m| m.version).max().unwrap_or(0);
+    let applied: Option<i64> = match sqlx::query_scalar(LATEST).fetch_one(pool).await {
+        Ok(applied) => applied,
+        // 42P01/3F000: no migrations table or schema yet.
+        Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42P01" | "3F000")) => {
+            None
+        }
+        Err(sqlx::Error::PoolTimedOut) => {
+            return Err(NotReady::Unreachable(connect_error(pool).await));
+        }
+        Err(e) => return Err(NotReady::Unreachable(e)),
+    };
+    if applied.is_some_and(|v| v >= needed) {
+        Ok(())
+    } else {
+        Err(NotReady::NotMigrated { applied, needed })
+    }
+}
+
+/// Why a connection cannot be made (the pool's own error only says it timed out).
+async fn connect_error(pool: &PgPool) -> sqlx::Error {
+    use sqlx::Connection as _;
+    match sqlx::PgConnection::connect_with(&pool.connect_options()).await {
+        Ok(conn) => {
+            let _ = conn.close().await;
+            sqlx::Error::PoolTimedOut
+        }
+        Err(e) => e,
+    }
+}
+
+/// Waits until [`check_ready`] passes, retrying with exponential backoff (200 ms up to 5 s,
+/// forever) and logging each failed try. Stop it by dropping the future.
+pub async fn wait_until_ready(pool: &PgPool) {
+    let policy = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .without_max_times()
+        .with_jitter();
+    let mut tries = 0_u32;
+    let _ = (|| check_ready(pool))
+        .retry(policy)
+        .notify(|error, delay| {
+            tries += 1;
+            tracing::warn!(
+                try_number = tries,
+                retry_in = ?delay,
+                error = %describe(error),
+                "waiting for the database"
+            );
+        })
+        .await;
+    if tries > 0 {
+        tracing::info!(tries, "the database is ready");
+    }
+}
+
+/// The error with its cause, as `anyhow`'s `{:#}` prints a chain.
+fn describe(error: &NotReady) -> String {
+    match error {
+        NotReady::Unreachable(cause) => format!("{error}: {cause}"),
+        other => other.to_string(),
+    }
 }

@@ -9,8 +9,10 @@ pub mod error;
 pub mod job;
 pub mod local_pg;
 pub mod maintenance;
+pub mod metrics;
 pub mod notify;
 pub mod policy;
+pub mod sampler;
 
 pub use backend::{PgBackend, QueueConfig};
 pub use enqueue::{Enqueued, complete, discard, enqueue, enqueue_many, hold, holds};

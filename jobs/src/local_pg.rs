@@ -38,6 +38,16 @@ impl LocalPostgres {
     /// Starts a new cluster. `under` is where the data directory goes when we are not root
     /// (`target/` for `onboard dev`); as root it always goes under the system temp dir.
     pub fn start(under: Option<&Path>, durability: Durability) -> anyhow::Result<Self> {
+        Self::start_on(under, durability, free_port()?)
+    }
+
+    /// Like [`LocalPostgres::start`], on `port` (tests: a database that comes up after its
+    /// clients are started).
+    pub fn start_on(
+        under: Option<&Path>,
+        durability: Durability,
+        port: u16,
+    ) -> anyhow::Result<Self> {
         let bin_dir = find_bin_dir()?;
         let as_postgres_user = is_root();
         let parent = match under {
@@ -54,7 +64,6 @@ impl LocalPostgres {
             run(Command::new("chown").arg("postgres:postgres").arg(&root))
                 .context("giving the data directory to the postgres user")?;
         }
-        let port = free_port()?;
         let mut pg = LocalPostgres {
             bin_dir,
             data_dir,

@@ -221,6 +221,7 @@ impl Maintenance {
             scheduled: self.scheduler.run_once(&mut tx).await?,
         };
         tx.commit().await?;
+        crate::metrics::leases_reaped(report.rescued);
         Ok(report)
     }
 }

@@ -32,6 +32,9 @@ use tokio::time::Instant;
 
 use crate::Cancellation;
 
+/// Counter of coalesced wake-up rounds, by `outcome` (`sent`, `failed`).
+pub const ROUNDS: &str = "onboard_queue_wakeup_rounds_total";
+
 /// The default pacing of rounds: at most one NOTIFY per queue per 5 ms.
 pub const DEFAULT_EVERY: Duration = Duration::from_millis(5);
 
@@ -206,11 +209,13 @@ async fn run(shared: Arc<Shared>, pool: PgPool, every: Duration) {
         match send(&pool, &queues).await {
             Ok(()) => {
                 shared.sent.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(ROUNDS, "outcome" => "sent").increment(1);
                 failures = 0;
                 next_round = started + every;
             }
             Err(error) => {
                 shared.failed.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(ROUNDS, "outcome" => "failed").increment(1);
                 failures = failures.saturating_add(1);
                 let delay = retry_delay(every, failures);
                 tracing::warn!(%error, ?queues, ?delay, "sending coalesced NOTIFYs failed; retrying");
@@ -223,12 +228,16 @@ async fn run(shared: Arc<Shared>, pool: PgPool, every: Duration) {
     let queues = shared.pending().take();
     if !queues.is_empty() {
         match send(&pool, &queues).await {
-            Ok(()) => shared.sent.fetch_add(1, Ordering::Relaxed),
+            Ok(()) => {
+                shared.sent.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(ROUNDS, "outcome" => "sent").increment(1);
+            }
             Err(error) => {
                 tracing::warn!(%error, ?queues, "the last round of coalesced NOTIFYs failed");
-                shared.failed.fetch_add(1, Ordering::Relaxed)
+                shared.failed.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(ROUNDS, "outcome" => "failed").increment(1);
             }
-        };
+        }
     }
 }
 

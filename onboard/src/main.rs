@@ -5,14 +5,22 @@ mod healthcheck;
 mod provider_sandbox;
 mod send;
 
+use std::net::SocketAddr;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use onboard::process::{Process, Roles, WorkerRole};
+use onboard::settings::{DatabaseArgs, InternalArgs, LogFormat};
 use secrecy::ExposeSecret;
 
 /// Onboards new organizations from Clerk webhooks with durable PostgreSQL-backed jobs.
+/// Every setting is a flag and an environment variable; the flag wins.
 #[derive(Debug, Parser)]
 #[command(name = "onboard", version, about)]
 struct Cli {
+    /// Log lines as text, or as JSON objects for production.
+    #[arg(long, global = true, env = "LOG_FORMAT", value_name = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -23,15 +31,50 @@ enum Command {
     /// set), migrations, the provider sandbox, the ingress and the worker.
     Dev,
     /// Ingress and worker in one process, against DATABASE_URL.
-    Serve,
+    Serve {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        internal: InternalArgs,
+        #[command(flatten)]
+        ingress: ingress::Args,
+        #[command(flatten)]
+        worker: worker::settings::Args,
+    },
     /// The public ingress (webhook, onboarding API) and the internal health/metrics listener.
-    Ingress,
-    /// The job workers and maintenance services.
-    Worker,
+    Ingress {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        internal: InternalArgs,
+        #[command(flatten)]
+        ingress: ingress::Args,
+    },
+    /// The job workers and maintenance services, and the internal health/metrics listener.
+    Worker {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        internal: InternalArgs,
+        #[command(flatten)]
+        worker: worker::settings::Args,
+    },
     /// Applies pending migrations to DATABASE_URL (idempotent).
-    Migrate,
-    /// The provider emulator (Twilio, Resend, Clerk) on ONBOARD_SANDBOX_ADDR.
-    Sandbox,
+    Migrate {
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// The provider emulator (Twilio, Resend, Clerk).
+    Sandbox {
+        /// The sandbox's address.
+        #[arg(
+            long,
+            env = "ONBOARD_SANDBOX_ADDR",
+            value_name = "ONBOARD_SANDBOX_ADDR",
+            default_value = "127.0.0.1:8089"
+        )]
+        sandbox_addr: SocketAddr,
+    },
     /// Signs a Clerk event (a file, or one made from an event type) the way Svix does and POSTs
     /// it to the webhook.
     Send(send::SendArgs),
@@ -46,12 +89,16 @@ enum Command {
 enum ApiKeyCommand {
     /// Creates a key and prints it once (only its hash is stored).
     Create {
+        #[command(flatten)]
+        database: DatabaseArgs,
         /// A name for the key's holder.
         #[arg(long)]
         name: String,
     },
     /// Revokes the active key with this name (or id).
     Revoke {
+        #[command(flatten)]
+        database: DatabaseArgs,
         /// The key's name or id.
         #[arg(long)]
         name: String,
@@ -59,43 +106,65 @@ enum ApiKeyCommand {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    init_tracing();
+async fn main() {
     let cli = Cli::parse();
-    match cli.command {
+    init_tracing(cli.log_format);
+    if let Err(error) = run(cli.command).await {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Dev => dev::run().await,
-        Command::Serve => serve().await,
-        Command::Ingress => {
-            let pool = connect().await?;
-            let settings = ingress::Settings::from_env()?;
-            ingress::serve(pool, settings, worker::runtime::shutdown_signal()).await
+        Command::Serve {
+            database,
+            internal,
+            ingress,
+            worker,
+        } => {
+            let roles = Roles {
+                ingress: Some(ingress.settings(None)?),
+                worker: Some(worker_role(&worker)?),
+            };
+            serve(&database, &internal, roles).await
         }
-        Command::Worker => {
-            let pool = connect().await?;
-            let providers = worker::app::ProviderSettings::from_env()?.providers()?;
-            worker::app::configure_queues(&pool).await?;
-            let registry = worker::app::registry(pool.clone(), providers);
-            worker::runtime::run(
-                pool,
-                registry,
-                worker::runtime::WorkerSettings::default(),
-                worker::runtime::shutdown_signal(),
-            )
-            .await
+        Command::Ingress {
+            database,
+            internal,
+            ingress,
+        } => {
+            let roles = Roles {
+                ingress: Some(ingress.settings(None)?),
+                worker: None,
+            };
+            serve(&database, &internal, roles).await
         }
-        Command::Migrate => {
-            let pool = connect().await?;
+        Command::Worker {
+            database,
+            internal,
+            worker,
+        } => {
+            let roles = Roles {
+                ingress: None,
+                worker: Some(worker_role(&worker)?),
+            };
+            serve(&database, &internal, roles).await
+        }
+        Command::Migrate { database } => {
+            let pool = database.settings()?.connect().await?;
             jobs::db::migrate(&pool)
                 .await
                 .context("applying migrations")?;
             println!("migrations applied");
             Ok(())
         }
-        Command::Sandbox => provider_sandbox::run(sandbox_addr()?).await,
+        Command::Sandbox { sandbox_addr } => provider_sandbox::run(sandbox_addr).await,
         Command::Healthcheck(args) => healthcheck::run(args).await,
         Command::Send(args) => send::run(args).await,
-        Command::ApiKey(ApiKeyCommand::Create { name }) => {
-            let pool = connect().await?;
+        Command::ApiKey(ApiKeyCommand::Create { database, name }) => {
+            let pool = database.settings()?.connect().await?;
             let (id, key) = onboarding::api_key::create(&pool, &name).await?;
             println!(
                 "API key {id} for {name} (shown once, store it now):\n{}",
@@ -103,8 +172,8 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::ApiKey(ApiKeyCommand::Revoke { name }) => {
-            let pool = connect().await?;
+        Command::ApiKey(ApiKeyCommand::Revoke { database, name }) => {
+            let pool = database.settings()?.connect().await?;
             let revoked = onboarding::api_key::revoke(&pool, &name).await?;
             println!("revoked {revoked} key(s)");
             Ok(())
@@ -112,62 +181,32 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// `onboard serve`: the ingress and the worker in one process, stopped together.
-async fn serve() -> anyhow::Result<()> {
-    let pool = connect().await?;
-    let settings = ingress::Settings::from_env()?;
-    let providers = worker::app::ProviderSettings::from_env()?.providers()?;
-    worker::app::configure_queues(&pool).await?;
-    let registry = worker::app::registry(pool.clone(), providers);
-    let (stop, _) = tokio::sync::watch::channel(false);
-    let ingress = {
-        let mut stopped = stop.subscribe();
-        ingress::serve(pool.clone(), settings, async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        })
-    };
-    let worker = {
-        let mut stopped = stop.subscribe();
-        worker::runtime::run(
-            pool,
-            registry,
-            worker::runtime::WorkerSettings::default(),
-            async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            },
-        )
-    };
-    let signal = async {
-        worker::runtime::shutdown_signal().await;
-        let _ = stop.send(true);
-    };
-    let (_, ingress, worker) = tokio::join!(signal, ingress, worker);
-    ingress.and(worker)
+/// `onboard serve` / `ingress` / `worker`: the roles behind one internal listener, started
+/// once the database is ready, until SIGINT or SIGTERM.
+async fn serve(
+    database: &DatabaseArgs,
+    internal: &InternalArgs,
+    roles: Roles,
+) -> anyhow::Result<()> {
+    let process = Process::bind(&database.settings()?, internal.dashboard_addr, roles).await?;
+    process.run(worker::runtime::shutdown_signal()).await
 }
 
-async fn connect() -> anyhow::Result<sqlx::PgPool> {
-    let url = std::env::var("DATABASE_URL").context(
-        "DATABASE_URL is not set (or use `onboard dev`, which starts its own PostgreSQL)",
-    )?;
-    Ok(jobs::db::connect(&url, &jobs::db::PoolSettings::default()).await?)
-}
-
-fn sandbox_addr() -> anyhow::Result<std::net::SocketAddr> {
-    std::env::var("ONBOARD_SANDBOX_ADDR")
-        .unwrap_or_else(|_| "127.0.0.1:8089".into())
-        .parse()
-        .context("ONBOARD_SANDBOX_ADDR is not an address")
+fn worker_role(args: &worker::settings::Args) -> anyhow::Result<WorkerRole> {
+    Ok(WorkerRole {
+        providers: args.provider_settings()?,
+        settings: worker::runtime::WorkerSettings::default(),
+    })
 }
 
 /// Text logs by default; JSON with `LOG_FORMAT=json`. Level from `RUST_LOG` (default `info`).
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json") {
-        builder.json().init();
-    } else {
-        builder.init();
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
     }
 }

@@ -2,8 +2,6 @@
 //! `api-key revoke`. Only a SHA-256 of each key is stored. A key is
 //! `onb_<prefix>_<secret>`: the prefix finds the row, the hash is compared in constant time.
 
-use std::fmt::Write as _;
-
 use rand::RngCore;
 use secrecy::SecretString;
 use sha2::{Digest, Sha256};
@@ -24,18 +22,10 @@ pub enum ApiKeyError {
     Database(#[from] sqlx::Error),
 }
 
-fn hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(out, "{b:02x}");
-    }
-    out
-}
-
 fn random_hex(len: usize) -> String {
     let mut bytes = vec![0u8; len];
     rand::rng().fill_bytes(&mut bytes);
-    hex(&bytes)
+    hex::encode(&bytes)
 }
 
 fn hash(key: &str) -> [u8; 32] {

@@ -3,7 +3,9 @@
 
 pub mod app;
 pub mod handlers;
+pub mod internal;
 pub mod provider;
 pub mod runtime;
 pub mod saga;
+pub mod settings;
 pub mod sizing;

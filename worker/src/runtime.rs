@@ -87,6 +87,8 @@ pub struct WorkerSettings {
     pub shutdown_deadline: Duration,
     /// Lease reaper, retention, periodic jobs.
     pub maintenance: Maintenance,
+    /// Queue depth and age gauges (the registry's queues are always reported).
+    pub sampler: jobs::sampler::QueueSampler,
 }
 
 impl Default for WorkerSettings {
@@ -94,6 +96,7 @@ impl Default for WorkerSettings {
         WorkerSettings {
             shutdown_deadline: Duration::from_secs(30),
             maintenance: Maintenance::default(),
+            sampler: jobs::sampler::QueueSampler::default(),
         }
     }
 }
@@ -147,6 +150,18 @@ pub async fn run(
             },
         ))
     };
+    jobs::metrics::describe();
+    crate::provider::metrics::describe();
+    let sampler = {
+        let mut stop = stop_rx.clone();
+        let mut sampler = settings.sampler.clone();
+        sampler
+            .queues
+            .extend(registry.queues.iter().map(|q| q.queue.clone()));
+        tokio::spawn(sampler.run(pool.clone(), async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        }))
+    };
     let mut stop = stop_rx;
     let signal = async move {
         shutdown.await;
@@ -155,6 +170,7 @@ pub async fn run(
     };
     let result = monitor.run_with_signal(signal).await;
     let _ = maintenance.await;
+    let _ = sampler.await;
     if !*stop.borrow_and_update() {
         anyhow::bail!("the worker monitor ended before shutdown was requested: {result:?}");
     }

@@ -156,15 +156,32 @@ where
             };
             let span =
                 tracing::info_span!("job", id = ctx.id, kind = %ctx.kind, attempt = ctx.attempt);
+            let started = std::time::Instant::now();
             let verdict = judge(&shared, &ctx, attempt)
                 .instrument(span)
                 .await
                 .capped(shared.config.max_delay);
+            let outcome = verdict.outcome(&ctx);
+            crate::metrics::attempt(&ctx.queue, &ctx.kind, outcome, started.elapsed());
             let _ = shared
                 .acks
                 .send(AckMessage::Outcome(Outcome { ctx, verdict }));
             Ok(())
         })
+    }
+}
+
+impl Verdict {
+    /// The outcome's name in the metrics: a retry past the last attempt is a discard.
+    fn outcome(&self, ctx: &JobContext) -> &'static str {
+        match self {
+            Verdict::Completed => "completed",
+            Verdict::Retry { .. } if ctx.attempt >= ctx.max_attempts => "discarded",
+            Verdict::Retry { .. } => "retried",
+            Verdict::Discard { .. } => "discarded",
+            Verdict::Snooze(_) => "snoozed",
+            Verdict::Cancel(_) => "cancelled",
+        }
     }
 }
 

@@ -5,5 +5,6 @@ mod clerk_events;
 mod ingress;
 mod magic;
 mod migrations;
+mod platform;
 mod saga;
 mod send;

@@ -146,7 +146,7 @@ impl ClerkClient {
 
     /// The user `user_id`; an unknown one is `Permanent` 404 (`resource_not_found`).
     pub async fn get_user(&self, user_id: &str) -> Result<ClerkUser, ProviderError> {
-        let response = http::send(PROVIDER, Idempotence::Idempotent, || {
+        let response = http::send(PROVIDER, "get_user", Idempotence::Idempotent, || {
             self.request(reqwest::Method::GET, &["users", user_id])
         })
         .await?;
@@ -162,13 +162,18 @@ impl ClerkClient {
         metadata: Value,
     ) -> Result<(), ProviderError> {
         let body = json!({ "public_metadata": metadata });
-        let response = http::send(PROVIDER, Idempotence::Idempotent, || {
-            self.request(
-                reqwest::Method::PATCH,
-                &["organizations", org_id, "metadata"],
-            )
-            .json(&body)
-        })
+        let response = http::send(
+            PROVIDER,
+            "update_org_metadata",
+            Idempotence::Idempotent,
+            || {
+                self.request(
+                    reqwest::Method::PATCH,
+                    &["organizations", org_id, "metadata"],
+                )
+                .json(&body)
+            },
+        )
         .await?;
         let _organization: Value =
             http::read_json(PROVIDER, Idempotence::Idempotent, response).await?;

@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::error::{ProviderError, SetupError};
+use super::metrics;
 
 /// Connection errors are retried in-process at most this many times.
 const CONNECT_RETRIES: usize = 2;
@@ -125,9 +126,11 @@ fn transport_error(
 }
 
 /// Sends the request `make` builds, retrying connection errors (nothing sent) at most twice with
-/// short delays; answers whatever response arrives, any status.
+/// short delays; answers whatever response arrives, any status. Each call is counted by
+/// `provider`, `action` and `status` (the HTTP status, `timeout` or `error`).
 pub(crate) async fn send(
     provider: &'static str,
+    action: &'static str,
     idempotence: Idempotence,
     make: impl Fn() -> RequestBuilder,
 ) -> Result<Response, ProviderError> {
@@ -143,7 +146,11 @@ pub(crate) async fn send(
             tracing::debug!(provider, error = %describe(error), ?delay, "provider connection failed; retrying");
         })
         .await
-        .map_err(|error| transport_error(provider, idempotence, &error))
+        .inspect(|response| metrics::call(provider, action, response.status().as_str()))
+        .map_err(|error| {
+            metrics::call(provider, action, if error.is_timeout() { "timeout" } else { "error" });
+            transport_error(provider, idempotence, &error)
+        })
 }
 
 /// Reads a response: a 2xx body parsed as `T`, anything else classified as an error.

@@ -11,6 +11,7 @@
 mod clerk;
 mod error;
 mod http;
+pub mod metrics;
 mod resend;
 mod twilio;
 

@@ -126,7 +126,7 @@ impl ResendClient {
                 ),
             })?;
         let url = http::endpoint(&self.config.base_url, &["emails"]);
-        let response = http::send(PROVIDER, Idempotence::Idempotent, || {
+        let response = http::send(PROVIDER, "send_email", Idempotence::Idempotent, || {
             self.http
                 .post(url.clone())
                 .header(reqwest::header::AUTHORIZATION, self.authorization.clone())

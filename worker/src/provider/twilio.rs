@@ -178,9 +178,12 @@ impl TwilioClient {
     ) -> Result<SubAccount, ProviderError> {
         let url = self.accounts_url();
         let form = [("FriendlyName", friendly_name)];
-        let response = http::send(PROVIDER, Idempotence::NonIdempotent, || {
-            self.request(reqwest::Method::POST, url.clone()).form(&form)
-        })
+        let response = http::send(
+            PROVIDER,
+            "create_subaccount",
+            Idempotence::NonIdempotent,
+            || self.request(reqwest::Method::POST, url.clone()).form(&form),
+        )
         .await?;
         http::read_json(PROVIDER, Idempotence::NonIdempotent, response).await
     }
@@ -206,9 +209,12 @@ impl TwilioClient {
         }
         let mut accounts = Vec::new();
         for _ in 0..MAX_PAGES {
-            let response = http::send(PROVIDER, Idempotence::Idempotent, || {
-                self.request(reqwest::Method::GET, url.clone())
-            })
+            let response = http::send(
+                PROVIDER,
+                "list_subaccounts",
+                Idempotence::Idempotent,
+                || self.request(reqwest::Method::GET, url.clone()),
+            )
             .await?;
             let page: AccountPage =
                 http::read_json(PROVIDER, Idempotence::Idempotent, response).await?;
@@ -237,9 +243,12 @@ impl TwilioClient {
     /// [`ProviderError::is_not_found`].
     pub async fn fetch_subaccount(&self, sid: &str) -> Result<SubAccount, ProviderError> {
         let url = self.account_url(sid);
-        let response = http::send(PROVIDER, Idempotence::Idempotent, || {
-            self.request(reqwest::Method::GET, url.clone())
-        })
+        let response = http::send(
+            PROVIDER,
+            "fetch_subaccount",
+            Idempotence::Idempotent,
+            || self.request(reqwest::Method::GET, url.clone()),
+        )
         .await?;
         http::read_json(PROVIDER, Idempotence::Idempotent, response).await
     }
@@ -252,7 +261,7 @@ impl TwilioClient {
     ) -> Result<SubAccount, ProviderError> {
         let url = self.account_url(sid);
         let form = [("Status", status.as_str())];
-        let response = http::send(PROVIDER, Idempotence::Idempotent, || {
+        let response = http::send(PROVIDER, "update_status", Idempotence::Idempotent, || {
             self.request(reqwest::Method::POST, url.clone()).form(&form)
         })
         .await?;
