@@ -114,7 +114,7 @@ pub async fn handle_with(
         .strip_prefix("clerk.")
         .filter(|_| KINDS.contains(&kind) || kind == ORGANIZATION_CREATED_KIND)
         .ok_or_else(|| EventError::UnknownKind(kind.to_owned()))?;
-    let row: Option<(String, sqlx::types::Json<Value>)> =
+    let row: Option<(String, Option<sqlx::types::Json<Value>>)> =
         sqlx::query_as("select event_type, payload from onboard.inbox where id = $1")
             .bind(inbox_id)
             .fetch_optional(&mut *conn)
@@ -127,6 +127,13 @@ pub async fn handle_with(
             event_type: stored_type,
         });
     }
+    let Some(payload) = payload else {
+        return Err(EventError::Invalid {
+            inbox_id,
+            event_type: event_type.to_owned(),
+            message: "its payload is gone (past its retention)".into(),
+        });
+    };
     let event = Event {
         inbox_id,
         event_type,

@@ -3,6 +3,7 @@
 mod clerk_events;
 mod ingress;
 mod plans;
+mod privacy;
 mod processes;
 mod queue;
 mod saga;
