@@ -2,6 +2,7 @@
 
 mod clerk_events;
 mod ingress;
+mod ingress_limits;
 mod plans;
 mod privacy;
 mod processes;
