@@ -9,7 +9,7 @@ use std::time::Duration;
 use apalis_core::monitor::Monitor;
 use apalis_core::worker::builder::WorkerBuilder;
 use futures::future::BoxFuture;
-use jobs::maintenance::Maintenance;
+use jobs::maintenance::{Maintenance, PeriodicJob};
 use jobs::{AnyJob, JobContext, JobError, PgBackend, QueueConfig};
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -23,6 +23,7 @@ pub type Handler =
 pub struct Registry {
     handlers: HashMap<String, Handler>,
     queues: Vec<QueueConfig>,
+    periodic: Vec<PeriodicJob>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -41,6 +42,12 @@ impl Registry {
     /// Serves `config.queue` with a worker.
     pub fn queue(mut self, config: QueueConfig) -> Self {
         self.queues.push(config);
+        self
+    }
+
+    /// Enqueues `job` periodically (added to the maintenance scheduler by [`run`]).
+    pub fn periodic(mut self, job: PeriodicJob) -> Self {
+        self.periodic.push(job);
         self
     }
 
@@ -117,9 +124,14 @@ pub async fn run(
     }
     let maintenance = {
         let mut stop = stop_rx.clone();
+        let mut maintenance = settings.maintenance.clone();
+        maintenance
+            .scheduler
+            .jobs
+            .extend(registry.periodic.iter().cloned());
         tokio::spawn(jobs::maintenance::run(
             pool.clone(),
-            settings.maintenance.clone(),
+            maintenance,
             async move {
                 let _ = stop.wait_for(|stopped| *stopped).await;
             },

@@ -7,4 +7,5 @@ mod plans;
 mod privacy;
 mod processes;
 mod queue;
+mod retention;
 mod saga;
