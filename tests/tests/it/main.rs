@@ -9,3 +9,4 @@ mod processes;
 mod queue;
 mod retention;
 mod saga;
+mod fuzz;
