@@ -31,3 +31,12 @@ create index onboarding_creator_email_idx on onboard.onboarding (lower(request #
 -- Purge: the organizations a user created (their IP is in those events' request metadata).
 create index inbox_org_creator_idx on onboard.inbox ((payload #>> '{data,created_by}'))
     where event_type like 'organization.%';
+
+-- `jsonb_set` that leaves `target` as it is when the parent of `path` is not an object (a
+-- stored payload can have any shape: the purge must not fail on it).
+create function onboard.jsonb_set_in_object(target jsonb, path text[], value jsonb) returns jsonb
+language sql immutable parallel safe
+as $$
+    select case when jsonb_typeof(target #> path[1:cardinality(path) - 1]) = 'object'
+                then jsonb_set(target, path, value) else target end
+$$;

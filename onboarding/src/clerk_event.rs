@@ -12,7 +12,8 @@
 //! | `clerk.organizationInvitation.*` | pending / accepted (active) / revoked row; Clerk sends the email itself |
 //!
 //! Payloads are parsed leniently (unknown fields ignored, absent optional fields allowed). An
-//! event that cannot be applied is a permanent error; database errors are transient.
+//! event that cannot be applied is a permanent error; database errors are transient unless the
+//! payload causes them ([`EventError::is_permanent`]).
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -91,9 +92,17 @@ pub enum EventError {
 }
 
 impl EventError {
-    /// True when retrying cannot help (everything but database errors).
+    /// True when retrying cannot help: everything but database errors, and the database
+    /// errors the payload itself causes (data exceptions, program limits such as an index
+    /// entry too large), which would fail the same way on every attempt.
     pub fn is_permanent(&self) -> bool {
-        !matches!(self, EventError::Database(_))
+        match self {
+            EventError::Database(sqlx::Error::Database(e)) => e
+                .code()
+                .is_some_and(|code| code.starts_with("22") || code.starts_with("54")),
+            EventError::Database(_) => false,
+            _ => true,
+        }
     }
 }
 

@@ -128,25 +128,28 @@ select id from onboard.inbox
                                                'organizationMembership', 'organizationInvitation')
    and exists (select 1 from unnest($4::text[]) n where strpos(lower(payload::text), n) > 0)";
 
+// Every rewrite goes through `jsonb_set_in_object` (privacy migration): a payload of any
+// shape is left as it is where the path does not lead through objects, never an error.
 const PURGE_INBOX: &str = r#"
 update onboard.inbox i set payload = p.payload
-  from (select i.id, jsonb_set(b.payload, '{event_attributes,http_request}',
-                               '{"client_ip": "", "user_agent": ""}') as payload
+  from (select i.id, onboard.jsonb_set_in_object(b.payload, '{event_attributes,http_request}',
+                                                 '{"client_ip": "", "user_agent": ""}') as payload
           from onboard.inbox i
           cross join lateral (select case
               when i.event_type like 'user.%' then
-                  jsonb_set(i.payload, '{data}',
+                  onboard.jsonb_set_in_object(i.payload, '{data}',
                             jsonb_build_object('object', 'user', 'id', $2::text, 'deleted', true))
               when i.event_type like 'session.%' then
-                  jsonb_set(i.payload, '{data}',
-                            (coalesce(i.payload -> 'data', '{}') - 'latest_activity')
-                            || jsonb_build_object('user', null))
+                  case when jsonb_typeof(i.payload -> 'data') = 'object' then
+                      jsonb_set(i.payload, '{data}',
+                                ((i.payload -> 'data') - 'latest_activity') || jsonb_build_object('user', null))
+                  else i.payload end
               when i.event_type like 'organizationMembership.%' then
-                  jsonb_set(i.payload, '{data,public_user_data}', jsonb_build_object('user_id', $2::text))
+                  onboard.jsonb_set_in_object(i.payload, '{data,public_user_data}', jsonb_build_object('user_id', $2::text))
               when i.event_type like 'organizationInvitation.%' then
-                  jsonb_set(i.payload, '{data,email_address}', 'null')
+                  onboard.jsonb_set_in_object(i.payload, '{data,email_address}', 'null')
               when i.event_type like 'organization.%' then i.payload
-              else jsonb_set(i.payload, '{data}',
+              else onboard.jsonb_set_in_object(i.payload, '{data}',
                              jsonb_build_object('object', i.payload #> '{data,object}',
                                                 'id', i.payload #> '{data,id}', 'deleted', true))
               end as payload) b
@@ -157,7 +160,7 @@ update onboard.inbox i set payload = p.payload
 // organizations they created.
 const PURGE_REQUESTS: &str = r#"
 update onboard.inbox
-   set payload = jsonb_set(payload, '{event_attributes,http_request}', '{"client_ip": "", "user_agent": ""}')
+   set payload = onboard.jsonb_set_in_object(payload, '{event_attributes,http_request}', '{"client_ip": "", "user_agent": ""}')
  where id in (select id from onboard.inbox
                where payload is not null
                  and payload #>> '{event_attributes,http_request,client_ip}' = any($2::text[])
@@ -181,7 +184,9 @@ with sagas as (
 ),
 requests as (
     update onboard.onboarding o
-       set request = jsonb_set(jsonb_set(request, '{creator,email}', 'null'), '{creator,first_name}', 'null'),
+       set request = onboard.jsonb_set_in_object(
+                         onboard.jsonb_set_in_object(request, '{creator,email}', 'null'),
+                         '{creator,first_name}', 'null'),
            updated_at = now()
       from sagas
      where o.id = sagas.id and jsonb_typeof(o.request -> 'creator') = 'object'
@@ -297,8 +302,9 @@ pub async fn erase_invitation_email(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         r#"update onboard.inbox
-              set payload = jsonb_set(jsonb_set(payload, '{data,email_address}', 'null'),
-                                      '{event_attributes,http_request}', '{"client_ip": "", "user_agent": ""}')
+              set payload = onboard.jsonb_set_in_object(
+                                onboard.jsonb_set_in_object(payload, '{data,email_address}', 'null'),
+                                '{event_attributes,http_request}', '{"client_ip": "", "user_agent": ""}')
             where id = $1 and event_type like 'organizationInvitation.%'"#,
     )
     .bind(inbox_id)

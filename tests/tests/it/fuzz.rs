@@ -78,7 +78,8 @@ fn json_value() -> impl Strategy<Value = Value> {
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(|n| json!(n)),
         any::<u64>().prop_map(|n| json!(n)),
-        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
         hostile_text().prop_map(Value::String),
     ];
     leaf.prop_recursive(6, 64, 8, |inner| {
@@ -115,7 +116,9 @@ fn paths(value: &Value, prefix: &mut Vec<Value>, out: &mut Vec<Vec<Value>>) {
 fn at<'a>(value: &'a mut Value, path: &[Value]) -> Option<&'a mut Value> {
     path.iter().try_fold(value, |v, step| match (v, step) {
         (Value::Object(map), Value::String(k)) => map.get_mut(k),
-        (Value::Array(items), Value::Number(i)) => items.get_mut(usize::try_from(i.as_u64()?).ok()?),
+        (Value::Array(items), Value::Number(i)) => {
+            items.get_mut(usize::try_from(i.as_u64()?).ok()?)
+        }
         _ => None,
     })
 }
@@ -151,7 +154,8 @@ fn mutated_fixture() -> impl Strategy<Value = Value> {
                 Mutation::Remove(p) => {
                     let path = &all[p % all.len()];
                     if let Some((last, parent)) = path.split_last()
-                        && let (Some(Value::Object(map)), Value::String(k)) = (at(&mut event, parent), last)
+                        && let (Some(Value::Object(map)), Value::String(k)) =
+                            (at(&mut event, parent), last)
                     {
                         map.remove(k);
                     }
@@ -170,10 +174,15 @@ fn mutated_fixture() -> impl Strategy<Value = Value> {
 /// `[[[…]]]` or `{"a":{"a":…}}`, up to 5,000 deep, optionally around an envelope.
 fn deep_nesting() -> impl Strategy<Value = Vec<u8>> {
     (0usize..5_000, any::<bool>(), any::<bool>()).prop_map(|(depth, arrays, in_data)| {
-        let (open, close) = if arrays { ("[", "]") } else { (r#"{"a":"#, "}") };
+        let (open, close) = if arrays {
+            ("[", "]")
+        } else {
+            (r#"{"a":"#, "}")
+        };
         let inner = format!("{}1{}", open.repeat(depth), close.repeat(depth));
         if in_data {
-            format!(r#"{{"type":"user.created","data":{{"id":"user_1","x":{inner}}}}}"#).into_bytes()
+            format!(r#"{{"type":"user.created","data":{{"id":"user_1","x":{inner}}}}}"#)
+                .into_bytes()
         } else {
             inner.into_bytes()
         }
@@ -205,12 +214,18 @@ fn fuzz_the_envelope_parser_never_panics_and_answers_consistently() {
                         (None, Route::Ignore) => {}
                         other => prop_assert!(false, "wrong route {other:?}"),
                     }
-                    prop_assert!(!envelope.event_type.is_empty() && envelope.event_type.len() <= 128);
+                    prop_assert!(
+                        !envelope.event_type.is_empty() && envelope.event_type.len() <= 128
+                    );
                     if envelope.event_type == "organization.created" {
                         prop_assert!(onboarding::inbox::organization_created(&body).is_ok());
                     }
                 }
-                Err(EnvelopeError::Shape(_) | EnvelopeError::EventType | EnvelopeError::OrganizationId) => {}
+                Err(
+                    EnvelopeError::Shape(_)
+                    | EnvelopeError::EventType
+                    | EnvelopeError::OrganizationId,
+                ) => {}
             }
             Ok(())
         })
@@ -280,46 +295,52 @@ fn fuzz_the_signature_header_parser_and_verifier_never_panic_and_accept_only_tru
     );
     let mut runner = runner(cases("FUZZ_SIGNATURE_CASES", 2_000));
     runner
-        .run(&input, |(id, timestamp, signature, unbranded, body, flip)| {
-            let mut map = HeaderMap::new();
-            let names = if unbranded {
-                ["webhook-id", "webhook-timestamp", "webhook-signature"]
-            } else {
-                ["svix-id", "svix-timestamp", "svix-signature"]
-            };
-            for (name, value) in names.into_iter().zip([&id, &timestamp, &signature]) {
-                if let Some(value) = value
-                    && let Ok(value) = HeaderValue::from_bytes(value.as_bytes())
-                {
-                    map.insert(name, value);
-                }
-            }
-            // Arbitrary headers: a defined error (a random signature never verifies).
-            if let Ok(parsed) = SvixHeaders::read(&map) {
-                let verdict = secrets.verify(&map, &parsed, &body, now);
-                prop_assert!(verdict.is_err(), "a forged signature verified");
-            }
-            // A true signature over arbitrary bytes verifies; one flipped byte does not.
-            let id = "msg_p5jXN8AQM9LWM0D4loKWxJek";
-            let signed = ingress::send::sign(SECRET, id, now, &body);
-            if let Ok(signed) = signed {
+        .run(
+            &input,
+            |(id, timestamp, signature, unbranded, body, flip)| {
                 let mut map = HeaderMap::new();
-                map.insert("svix-id", HeaderValue::from_static(id));
-                map.insert("svix-timestamp", HeaderValue::from_str(&now.to_string()).unwrap());
-                map.insert("svix-signature", HeaderValue::from_str(&signed).unwrap());
-                let parsed = SvixHeaders::read(&map).unwrap();
-                prop_assert_eq!(secrets.verify(&map, &parsed, &body, now), Ok(()));
-                if !body.is_empty() {
-                    let mut tampered = body.clone();
-                    tampered[flip % body.len()] ^= 1;
-                    prop_assert_eq!(
-                        secrets.verify(&map, &parsed, &tampered, now),
-                        Err(SignatureError::NoMatchingSignature)
-                    );
+                let names = if unbranded {
+                    ["webhook-id", "webhook-timestamp", "webhook-signature"]
+                } else {
+                    ["svix-id", "svix-timestamp", "svix-signature"]
+                };
+                for (name, value) in names.into_iter().zip([&id, &timestamp, &signature]) {
+                    if let Some(value) = value
+                        && let Ok(value) = HeaderValue::from_bytes(value.as_bytes())
+                    {
+                        map.insert(name, value);
+                    }
                 }
-            }
-            Ok(())
-        })
+                // Arbitrary headers: a defined error (a random signature never verifies).
+                if let Ok(parsed) = SvixHeaders::read(&map) {
+                    let verdict = secrets.verify(&map, &parsed, &body, now);
+                    prop_assert!(verdict.is_err(), "a forged signature verified");
+                }
+                // A true signature over arbitrary bytes verifies; one flipped byte does not.
+                let id = "msg_p5jXN8AQM9LWM0D4loKWxJek";
+                let signed = ingress::send::sign(SECRET, id, now, &body);
+                if let Ok(signed) = signed {
+                    let mut map = HeaderMap::new();
+                    map.insert("svix-id", HeaderValue::from_static(id));
+                    map.insert(
+                        "svix-timestamp",
+                        HeaderValue::from_str(&now.to_string()).unwrap(),
+                    );
+                    map.insert("svix-signature", HeaderValue::from_str(&signed).unwrap());
+                    let parsed = SvixHeaders::read(&map).unwrap();
+                    prop_assert_eq!(secrets.verify(&map, &parsed, &body, now), Ok(()));
+                    if !body.is_empty() {
+                        let mut tampered = body.clone();
+                        tampered[flip % body.len()] ^= 1;
+                        prop_assert_eq!(
+                            secrets.verify(&map, &parsed, &tampered, now),
+                            Err(SignatureError::NoMatchingSignature)
+                        );
+                    }
+                }
+                Ok(())
+            },
+        )
         .unwrap();
 }
 

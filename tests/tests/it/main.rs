@@ -1,6 +1,7 @@
 //! Integration tests: real PostgreSQL, real processes, real HTTP.
 
 mod clerk_events;
+mod fuzz;
 mod ingress;
 mod ingress_limits;
 mod plans;
@@ -9,4 +10,3 @@ mod processes;
 mod queue;
 mod retention;
 mod saga;
-mod fuzz;

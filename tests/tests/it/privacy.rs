@@ -326,3 +326,37 @@ async fn user_deleted_leaves_none_of_the_users_personal_data_anywhere_in_the_dat
     );
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn the_purge_leaves_payloads_of_unexpected_shapes_alone_instead_of_failing() {
+    // Found by the fuzz suite: `jsonb_set` through an array or a scalar is an error, which
+    // would have made `user.deleted` retry for ever.
+    let db = integration_tests::fresh_db().await;
+    let user = "user_2oddShapes";
+    let odd = [
+        json!({"type": "user.created", "event_attributes": [], "data": {"id": user, "updated_at": 1}}),
+        json!({"type": "session.created", "event_attributes": "x", "data": {"user_id": user}}),
+        json!({"type": "session.created", "data": {"user_id": user, "user": 7}}),
+        json!({"type": "organizationMembership.created", "data": {"public_user_data": {"user_id": user}, "x": []}}),
+        json!({"type": "email.created", "event_attributes": {"http_request": []}, "data": {"user_id": user}}),
+        json!({"type": "odd.thing", "data": ["mentions", user]}),
+    ];
+    for (n, payload) in odd.iter().enumerate() {
+        sqlx::query(
+            "insert into onboard.inbox (svix_id, event_type, payload, svix_timestamp, svix_signature)
+             values ($1, $2, $3, 0, 'v1,x')",
+        )
+        .bind(format!("msg_odd{n}"))
+        .bind(payload["type"].as_str().unwrap())
+        .bind(sqlx::types::Json(payload))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    let mut tx = db.pool.begin().await.unwrap();
+    let purged = onboarding::directory::purge_user_data(&mut tx, user, &[])
+        .await
+        .expect("the purge must not fail on any payload shape");
+    tx.commit().await.unwrap();
+    assert!(purged.payloads >= 3, "{purged:?}");
+}
