@@ -10,3 +10,4 @@ mod processes;
 mod queue;
 mod retention;
 mod saga;
+mod secrets;
