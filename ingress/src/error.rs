@@ -17,6 +17,31 @@ pub struct FieldError {
     pub message: String,
 }
 
+/// Why a signed delivery is not a Clerk event: the sender is told only this class, in a fixed
+/// message, never a parser's or the database's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotAnEvent {
+    /// The body is not UTF-8.
+    #[error("the body is not UTF-8 text")]
+    NotUtf8,
+    /// Not JSON, or not an object with a string `type` and an object `data`.
+    #[error(
+        "the body is not a Clerk event envelope (a JSON object with a string `type` and an object `data`)"
+    )]
+    NotAnEnvelope,
+    /// `type` is not shaped like a Clerk event type.
+    #[error("`type` is not a Clerk event type")]
+    EventType,
+    /// `organization.created` without a valid organization id.
+    #[error("organization.created needs a valid organization id in `data.id`")]
+    OrganizationId,
+    /// The database cannot store the payload (e.g. a `\u0000` escape).
+    #[error(
+        "the payload cannot be stored (it contains a value PostgreSQL refuses, such as \\u0000)"
+    )]
+    Unstorable,
+}
+
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -31,7 +56,7 @@ pub enum ApiError {
     BadBody,
     /// A signed delivery that is not a Clerk envelope (recorded in `rejected_delivery`).
     #[error("not a Clerk event: {0}")]
-    NotAnEvent(String),
+    NotAnEvent(NotAnEvent),
     /// No, a wrong or a revoked API key.
     #[error("a valid API key is required (Authorization: Bearer <key>)")]
     Unauthorized,

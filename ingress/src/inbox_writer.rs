@@ -5,8 +5,15 @@
 //! earlier ones are in flight) and runs at most [`IN_FLIGHT`] batches at once. A batch that
 //! PostgreSQL refuses as a whole (a payload it cannot store) is retried one delivery at a time,
 //! so only the bad delivery is rejected.
+//!
+//! The queue is bounded ([`QUEUE_CAPACITY`]): a delivery that finds it full is refused at
+//! once. A request is answered 2xx only if its delivery committed: a delivery still queued at
+//! its deadline is abandoned (the collector skips it, it is never written) and answered 503;
+//! one a batch already took waits for that batch's outcome instead.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
 
 use onboarding::inbox::{self, OwnedEntry, ReceiveError, Received};
 use sqlx::PgPool;
@@ -16,48 +23,148 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 pub const MAX_BATCH: usize = 64;
 /// Batches being written at once at most.
 pub const IN_FLIGHT: usize = 1;
+/// Deliveries waiting for a batch at most; more are refused (`503`).
+pub const QUEUE_CAPACITY: usize = 2048;
 
 type Reply = oneshot::Sender<Result<Received, ReceiveError>>;
+
+const WAITING: u8 = 0;
+const TAKEN: u8 = 1;
+const ABANDONED: u8 = 2;
+
+/// A queued delivery; `claim` decides, once, whether a batch takes it or its request gives up.
+struct Pending {
+    entry: OwnedEntry,
+    reply: Reply,
+    claim: Arc<AtomicU8>,
+}
+
+impl Pending {
+    fn take(&self) -> bool {
+        self.claim
+            .compare_exchange(WAITING, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+/// Why a delivery was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The queue is full: nothing was written.
+    #[error("the inbox write queue is full")]
+    Full,
+    /// The deadline passed before a batch took the delivery: nothing was or will be written.
+    #[error("the delivery waited {0:?} for a batch")]
+    TimedOut(Duration),
+    /// The batch that took it failed (or the payload is not storable).
+    #[error(transparent)]
+    Receive(#[from] ReceiveError),
+}
 
 /// The handle requests store their delivery through.
 #[derive(Debug, Clone)]
 pub struct InboxWriter {
-    queue: mpsc::UnboundedSender<(OwnedEntry, Reply)>,
+    queue: mpsc::Sender<Pending>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("svix_id", &self.entry.svix_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl InboxWriter {
-    /// Starts the collector on `pool`; it ends when every handle is dropped.
+    /// Starts the collector on `pool` with a queue of [`QUEUE_CAPACITY`]; it ends when every
+    /// handle is dropped.
     pub fn spawn(pool: PgPool) -> Self {
-        let (queue, waiting) = mpsc::unbounded_channel();
+        Self::spawn_with_capacity(pool, QUEUE_CAPACITY)
+    }
+
+    /// [`InboxWriter::spawn`] with a queue of `capacity` deliveries (at least 1).
+    pub fn spawn_with_capacity(pool: PgPool, capacity: usize) -> Self {
+        let (queue, waiting) = mpsc::channel(capacity.max(1));
         tokio::spawn(collect(pool, waiting));
         InboxWriter { queue }
     }
 
-    /// Stores one delivery (with its job) and returns once it is committed.
-    pub async fn receive(&self, entry: OwnedEntry) -> Result<Received, ReceiveError> {
-        let (reply, answer) = oneshot::channel();
-        self.queue
-            .send((entry, reply))
-            .map_err(|_| ReceiveError::Database(sqlx::Error::PoolClosed))?;
-        answer
-            .await
-            .map_err(|_| ReceiveError::Database(sqlx::Error::PoolClosed))?
+    /// Deliveries in the queue (abandoned ones included until the collector skips them).
+    pub fn queued(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
+    /// Stores one delivery (with its job) and returns once it is committed. Refused at once
+    /// when the queue is full; abandoned (never written) when no batch took it by `deadline`.
+    pub async fn receive(
+        &self,
+        entry: OwnedEntry,
+        deadline: Duration,
+    ) -> Result<Received, WriteError> {
+        let closed = || WriteError::Receive(ReceiveError::Database(sqlx::Error::PoolClosed));
+        let (reply, mut answer) = oneshot::channel();
+        let claim = Arc::new(AtomicU8::new(WAITING));
+        let pending = Pending {
+            entry,
+            reply,
+            claim: claim.clone(),
+        };
+        self.queue.try_send(pending).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => WriteError::Full,
+            mpsc::error::TrySendError::Closed(_) => closed(),
+        })?;
+        // Dropped unanswered (the client went away): abandon it if no batch took it yet.
+        let abandon = Abandon(claim);
+        if let Ok(result) = tokio::time::timeout(deadline, &mut answer).await {
+            return Ok(result.map_err(|_| closed())??);
+        }
+        if abandon.now() {
+            return Err(WriteError::TimedOut(deadline));
+        }
+        // A batch took it before the deadline: its outcome is the answer, whenever it comes.
+        Ok(answer.await.map_err(|_| closed())??)
     }
 }
 
-async fn collect(pool: PgPool, mut waiting: mpsc::UnboundedReceiver<(OwnedEntry, Reply)>) {
+/// Abandons a still-waiting delivery when its request gives up or is dropped.
+struct Abandon(Arc<AtomicU8>);
+
+impl Abandon {
+    /// True when this abandoned it (no batch had taken it).
+    fn now(&self) -> bool {
+        self.0
+            .compare_exchange(WAITING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        self.now();
+    }
+}
+
+async fn collect(pool: PgPool, mut waiting: mpsc::Receiver<Pending>) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     while let Some(first) = waiting.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        // Everything that arrived while we waited for a slot joins this batch.
-        let mut batch = vec![first];
+        // Everything that arrived while we waited for a slot joins this batch; deliveries whose
+        // request gave up are dropped here, unwritten.
+        let mut batch = Vec::new();
+        if first.take() {
+            batch.push(first);
+        }
         while batch.len() < MAX_BATCH {
             match waiting.try_recv() {
-                Ok(next) => batch.push(next),
+                Ok(next) if next.take() => batch.push(next),
+                Ok(_) => {}
                 Err(_) => break,
             }
+        }
+        if batch.is_empty() {
+            continue;
         }
         let pool = pool.clone();
         tokio::spawn(async move {
@@ -67,8 +174,9 @@ async fn collect(pool: PgPool, mut waiting: mpsc::UnboundedReceiver<(OwnedEntry,
     }
 }
 
-async fn write(pool: &PgPool, batch: Vec<(OwnedEntry, Reply)>) {
-    let (entries, replies): (Vec<OwnedEntry>, Vec<Reply>) = batch.into_iter().unzip();
+async fn write(pool: &PgPool, batch: Vec<Pending>) {
+    let (entries, replies): (Vec<OwnedEntry>, Vec<Reply>) =
+        batch.into_iter().map(|p| (p.entry, p.reply)).unzip();
     let result = match pool.acquire().await {
         Ok(mut conn) => inbox::receive_many(&mut conn, &entries).await,
         Err(error) => Err(ReceiveError::Database(error)),

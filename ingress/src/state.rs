@@ -116,6 +116,11 @@ impl AppState {
         })
     }
 
+    /// How long a request waits for the database before answering `503`.
+    pub(crate) fn db_timeout(&self) -> Duration {
+        self.0.db_timeout
+    }
+
     /// Runs database work with the request's deadline: `503` when it does not finish in time
     /// (an attempt whose outcome is unknown is never answered 2xx).
     pub(crate) async fn db<T>(

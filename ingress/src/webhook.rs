@@ -9,10 +9,11 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use onboarding::inbox::{
-    self, ClerkEnvelope, InboxEntry, OwnedEntry, ReceiveError, RejectedDelivery,
+    self, ClerkEnvelope, EnvelopeError, InboxEntry, OwnedEntry, ReceiveError, RejectedDelivery,
 };
 
-use crate::error::ApiError;
+use crate::error::{ApiError, NotAnEvent};
+use crate::inbox_writer::WriteError;
 use crate::metrics;
 use crate::signature::SvixHeaders;
 use crate::state::AppState;
@@ -33,37 +34,43 @@ pub async fn receive_clerk_webhook(
         .verify(&headers, &svix, &bytes, state.clock().now())
         .inspect_err(|e| metrics::signature_failure(e.reason()))?;
 
-    // Verified: only now is the body parsed. Signed bodies are UTF-8 (Svix signs text).
+    // Verified: only now is the body parsed. Signed bodies are UTF-8 (Svix signs text). The
+    // sender gets a fixed message per class; the detail is kept for operators.
     let parsed = std::str::from_utf8(&bytes)
-        .map_err(|_| "the body is not UTF-8".to_owned())
+        .map_err(|_| (NotAnEvent::NotUtf8, "the body is not UTF-8".to_owned()))
         .and_then(|text| {
             ClerkEnvelope::parse(&bytes)
                 .map(|e| (text, e))
-                .map_err(|e| e.to_string())
+                .map_err(|e| (NotAnEvent::from(&e), e.to_string()))
         });
     let (payload, envelope) = match parsed {
         Ok(ok) => ok,
-        Err(reason) => return Err(reject(&state, &svix, &bytes, reason).await),
+        Err((class, reason)) => return Err(reject(&state, &svix, &bytes, class, reason).await),
     };
     tracing::Span::current().record("event_type", envelope.event_type.as_str());
 
     let started = Instant::now();
-    let received = state
-        .db(async {
-            let entry = InboxEntry {
-                svix_id: &svix.id,
-                svix_timestamp: svix.timestamp,
-                svix_signature: &svix.signature,
-                payload,
-                envelope: &envelope,
-            };
-            match state.writer().receive(OwnedEntry::from_entry(&entry)).await {
-                Ok(received) => Ok(Ok(received)),
-                Err(ReceiveError::Unstorable(reason)) => Ok(Err(reason)),
-                Err(ReceiveError::Database(e)) => Err(ApiError::database(e)),
-            }
-        })
-        .await?;
+    let entry = InboxEntry {
+        svix_id: &svix.id,
+        svix_timestamp: svix.timestamp,
+        svix_signature: &svix.signature,
+        payload,
+        envelope: &envelope,
+    };
+    // No outer deadline here: the writer applies it while the delivery waits for a batch, and
+    // a delivery a batch took is answered by that batch's outcome (2xx iff committed).
+    let received = match state
+        .writer()
+        .receive(OwnedEntry::from_entry(&entry), state.db_timeout())
+        .await
+    {
+        Ok(received) => Ok(received),
+        Err(WriteError::Receive(ReceiveError::Unstorable(reason))) => Err(reason),
+        Err(WriteError::Receive(ReceiveError::Database(e))) => return Err(ApiError::database(e)),
+        Err(e @ (WriteError::Full | WriteError::TimedOut(_))) => {
+            return Err(ApiError::Unavailable(anyhow::Error::new(e)));
+        }
+    };
     match received {
         Ok(received) => {
             metrics::enqueue_latency(started.elapsed());
@@ -86,15 +93,32 @@ pub async fn receive_clerk_webhook(
             &state,
             &svix,
             &bytes,
+            NotAnEvent::Unstorable,
             format!("payload not storable: {reason}"),
         )
         .await),
     }
 }
 
+impl From<&EnvelopeError> for NotAnEvent {
+    fn from(error: &EnvelopeError) -> Self {
+        match error {
+            EnvelopeError::Shape(_) => NotAnEvent::NotAnEnvelope,
+            EnvelopeError::EventType => NotAnEvent::EventType,
+            EnvelopeError::OrganizationId => NotAnEvent::OrganizationId,
+        }
+    }
+}
+
 /// Records a signed delivery that is not a Clerk event and returns the `400` for it (or the
 /// `503` when it cannot be recorded, so that Svix retries).
-async fn reject(state: &AppState, svix: &SvixHeaders, body: &[u8], reason: String) -> ApiError {
+async fn reject(
+    state: &AppState,
+    svix: &SvixHeaders,
+    body: &[u8],
+    class: NotAnEvent,
+    reason: String,
+) -> ApiError {
     let recorded = state
         .db(async {
             let mut conn = state.pool().acquire().await.map_err(ApiError::database)?;
@@ -112,7 +136,7 @@ async fn reject(state: &AppState, svix: &SvixHeaders, body: &[u8], reason: Strin
     match recorded {
         Ok(()) => {
             metrics::rejected();
-            ApiError::NotAnEvent(reason)
+            ApiError::NotAnEvent(class)
         }
         Err(e) => e,
     }

@@ -8,6 +8,33 @@ use anyhow::Context;
 use jobs::local_pg::{Durability, LocalPostgres};
 use secrecy::ExposeSecret;
 
+/// The name of the one API key `dev` keeps active: each start revokes the previous one.
+pub const DEV_KEY_NAME: &str = "dev";
+
+/// A database URL fit to print: its password, if any, replaced by `***`.
+fn redacted_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "(DATABASE_URL, not shown)".to_owned(),
+    }
+}
+
+/// What to print about the webhook secret: the dev secret only when it is the one in use.
+fn webhook_secret_note() -> String {
+    let configured =
+        std::env::var("CLERK_WEBHOOK_SIGNING_SECRET").is_ok_and(|v| !v.trim().is_empty());
+    if configured {
+        "secret from CLERK_WEBHOOK_SIGNING_SECRET".to_owned()
+    } else {
+        format!("dev secret {}", ingress::DEV_WEBHOOK_SECRET)
+    }
+}
+
 /// Where `dev` keeps its throwaway database when not root: `target/onboard-dev/`.
 fn dev_dir() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
@@ -66,8 +93,8 @@ pub async fn run() -> anyhow::Result<()> {
     let ingress = ingress::spawn(pool.clone(), &settings)
         .await
         .context("starting the ingress")?;
-    let (_, api_key) =
-        onboarding::api_key::create(&pool, &format!("dev-{}", std::process::id())).await?;
+    // One dev key at a time: the previous start's key is revoked.
+    let (_, api_key) = onboarding::api_key::rotate(&pool, DEV_KEY_NAME).await?;
 
     worker::app::configure_queues(&pool).await?;
     let registry = worker::app::registry(pool.clone(), providers.providers()?);
@@ -91,13 +118,13 @@ pub async fn run() -> anyhow::Result<()> {
             ""
         }
     );
-    println!("  database      {url}");
+    println!("  database      {}", redacted_url(&url));
     println!(
-        "  webhook       POST {base}/webhooks/clerk   (secret {})",
-        ingress::DEV_WEBHOOK_SECRET
+        "  webhook       POST {base}/webhooks/clerk   ({})",
+        webhook_secret_note()
     );
     println!(
-        "  onboarding    POST {base}/v1/onboarding    (Authorization: Bearer {})",
+        "  onboarding    POST {base}/v1/onboarding    (Authorization: Bearer {}; key `{DEV_KEY_NAME}`, replaced at each start)",
         api_key.expose_secret()
     );
     if let Some(internal) = ingress.internal_addr {

@@ -42,6 +42,29 @@ fn prefix_of(key: &str) -> Option<&str> {
 
 /// Makes a key named `name`; returns its id and the key, which is never stored or shown again.
 pub async fn create(pool: &PgPool, name: &str) -> Result<(i64, SecretString), ApiKeyError> {
+    let mut conn = pool.acquire().await?;
+    insert(&mut conn, name).await
+}
+
+/// Revokes the active key named `name`, if any, and makes a new one in its place, in one
+/// transaction: at most one key of that name is ever active (`onboard dev`'s `dev` key).
+pub async fn rotate(pool: &PgPool, name: &str) -> Result<(i64, SecretString), ApiKeyError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "update onboard.api_key set revoked_at = now() where revoked_at is null and name = $1",
+    )
+    .bind(name.trim())
+    .execute(&mut *tx)
+    .await?;
+    let made = insert(&mut tx, name).await?;
+    tx.commit().await?;
+    Ok(made)
+}
+
+async fn insert(
+    conn: &mut sqlx::PgConnection,
+    name: &str,
+) -> Result<(i64, SecretString), ApiKeyError> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
         return Err(ApiKeyError::InvalidName);
@@ -57,7 +80,7 @@ pub async fn create(pool: &PgPool, name: &str) -> Result<(i64, SecretString), Ap
     .bind(name)
     .bind(&prefix)
     .bind(&hash(&key)[..])
-    .fetch_optional(pool)
+    .fetch_optional(conn)
     .await?;
     match inserted {
         Some(id) => Ok((id, SecretString::from(key))),

@@ -12,7 +12,8 @@
 //! | `clerk.organizationInvitation.*` | pending / accepted (active) / revoked row; Clerk sends the email itself |
 //!
 //! Payloads are parsed leniently (unknown fields ignored, absent optional fields allowed). An
-//! event that cannot be applied is a permanent error; database errors are transient.
+//! event that cannot be applied is a permanent error; database errors are transient unless the
+//! payload causes them ([`EventError::is_permanent`]).
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -91,9 +92,17 @@ pub enum EventError {
 }
 
 impl EventError {
-    /// True when retrying cannot help (everything but database errors).
+    /// True when retrying cannot help: everything but database errors, and the database
+    /// errors the payload itself causes (data exceptions, program limits such as an index
+    /// entry too large), which would fail the same way on every attempt.
     pub fn is_permanent(&self) -> bool {
-        !matches!(self, EventError::Database(_))
+        match self {
+            EventError::Database(sqlx::Error::Database(e)) => e
+                .code()
+                .is_some_and(|code| code.starts_with("22") || code.starts_with("54")),
+            EventError::Database(_) => false,
+            _ => true,
+        }
     }
 }
 
@@ -114,7 +123,7 @@ pub async fn handle_with(
         .strip_prefix("clerk.")
         .filter(|_| KINDS.contains(&kind) || kind == ORGANIZATION_CREATED_KIND)
         .ok_or_else(|| EventError::UnknownKind(kind.to_owned()))?;
-    let row: Option<(String, sqlx::types::Json<Value>)> =
+    let row: Option<(String, Option<sqlx::types::Json<Value>>)> =
         sqlx::query_as("select event_type, payload from onboard.inbox where id = $1")
             .bind(inbox_id)
             .fetch_optional(&mut *conn)
@@ -127,6 +136,13 @@ pub async fn handle_with(
             event_type: stored_type,
         });
     }
+    let Some(payload) = payload else {
+        return Err(EventError::Invalid {
+            inbox_id,
+            event_type: event_type.to_owned(),
+            message: "its payload is gone (past its retention)".into(),
+        });
+    };
     let event = Event {
         inbox_id,
         event_type,

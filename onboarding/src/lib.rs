@@ -9,6 +9,7 @@ pub mod id;
 pub mod inbox;
 pub mod permissions;
 pub mod request;
+pub mod retention;
 pub mod saga;
 pub mod start;
 

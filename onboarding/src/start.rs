@@ -199,7 +199,7 @@ pub async fn start_from_inbox(
     conn: &mut PgConnection,
     inbox_id: i64,
 ) -> Result<Started, InboxStartError> {
-    let row: Option<(String, String)> = sqlx::query_as(INBOX_EVENT)
+    let row: Option<(String, Option<String>)> = sqlx::query_as(INBOX_EVENT)
         .bind(inbox_id)
         .fetch_optional(&mut *conn)
         .await?;
@@ -210,6 +210,13 @@ pub async fn start_from_inbox(
             event_type,
         });
     }
+    // A payload past its retention is gone: nothing to start from, for good.
+    let payload = payload.ok_or(InboxStartError::Payload {
+        inbox_id,
+        source: crate::inbox::EnvelopeError::Shape(
+            "the payload is gone (past its retention)".into(),
+        ),
+    })?;
     let request = crate::inbox::organization_created(payload.as_bytes())
         .map_err(|source| InboxStartError::Payload { inbox_id, source })?;
     Ok(start_with_inbox(conn, &request, Some(inbox_id)).await?)

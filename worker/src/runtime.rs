@@ -111,12 +111,6 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut settings = settings;
-    settings
-        .maintenance
-        .scheduler
-        .jobs
-        .extend(registry.periodic.iter().cloned());
     let registry = Arc::new(registry);
     let mut monitor = Monitor::new()
         .should_restart(|worker, error| {
@@ -142,9 +136,14 @@ pub async fn run(
     }
     let maintenance = {
         let mut stop = stop_rx.clone();
+        let mut maintenance = settings.maintenance.clone();
+        maintenance
+            .scheduler
+            .jobs
+            .extend(registry.periodic.iter().cloned());
         tokio::spawn(jobs::maintenance::run(
             pool.clone(),
-            settings.maintenance.clone(),
+            maintenance,
             async move {
                 let _ = stop.wait_for(|stopped| *stopped).await;
             },

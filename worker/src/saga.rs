@@ -157,9 +157,12 @@ async fn start_onboarding(pool: PgPool, job: AnyJob, ctx: JobContext) -> Result<
     // The organization's record from the event itself (last writer wins on its updated_at)…
     onboarding::clerk_event::handle(&mut tx, &job.kind, inbox_id)
         .await
-        .map_err(|e| match e {
-            onboarding::clerk_event::EventError::Database(e) => retry(e),
-            other => JobError::permanent(other),
+        .map_err(|e| {
+            if e.is_permanent() {
+                JobError::permanent(e)
+            } else {
+                retry(e)
+            }
         })?;
     // …and its one saga, in the same transaction. An organization deleted before its creation
     // was processed is not onboarded: its deletion (serialised with this transaction by the

@@ -1899,12 +1899,14 @@ async fn deliveries_stored_together_each_get_their_rows_and_a_bad_one_is_rejecte
     for n in 0..80 {
         let writer = writer.clone();
         let e = entry(format!("msg_batch{}", n % 40), good);
-        calls.push(tokio::spawn(async move { writer.receive(e).await }));
+        calls.push(tokio::spawn(async move {
+            writer.receive(e, Duration::from_secs(60)).await
+        }));
     }
     let bad_call = {
         let writer = writer.clone();
         let e = entry("msg_batch_bad".into(), bad);
-        tokio::spawn(async move { writer.receive(e).await })
+        tokio::spawn(async move { writer.receive(e, Duration::from_secs(60)).await })
     };
     let mut new = 0;
     for call in calls {
@@ -1915,7 +1917,9 @@ async fn deliveries_stored_together_each_get_their_rows_and_a_bad_one_is_rejecte
     assert_eq!(new, 40, "each svix-id is new exactly once");
     assert!(matches!(
         bad_call.await.unwrap(),
-        Err(ReceiveError::Unstorable(_))
+        Err(ingress::inbox_writer::WriteError::Receive(
+            ReceiveError::Unstorable(_)
+        ))
     ));
     assert_eq!(
         count(&db.pool, "select count(*) from onboard.inbox").await,

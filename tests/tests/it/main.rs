@@ -2,9 +2,14 @@
 
 mod burst;
 mod clerk_events;
+mod fuzz;
 mod ingress;
+mod ingress_limits;
 mod magic;
 mod migrations;
 mod platform;
+mod privacy;
+mod retention;
 mod saga;
+mod secrets;
 mod send;

@@ -2,7 +2,7 @@
 //! with [`onboarding::clerk_event::handle_with`] in a transaction that also completes the job.
 
 use jobs::{AnyJob, JobContext, JobError, QueueConfig};
-use onboarding::clerk_event::{self, ClerkJobArgs, EventError};
+use onboarding::clerk_event::{self, ClerkJobArgs};
 use onboarding::directory::RoleMapping;
 use sqlx::PgPool;
 
@@ -40,8 +40,8 @@ async fn apply(
     let mut tx = pool.begin().await.map_err(JobError::retry)?;
     match clerk_event::handle_with(&mut tx, &job.kind, args.inbox_id, roles).await {
         Ok(()) => {}
-        Err(e @ EventError::Database(_)) => return Err(JobError::retry(e)),
-        Err(e) => return Err(JobError::permanent(e)),
+        Err(e) if e.is_permanent() => return Err(JobError::permanent(e)),
+        Err(e) => return Err(JobError::retry(e)),
     }
     // The event's effects and the job's completion commit together; if this attempt no longer
     // holds the job (fenced), roll back and let the holder apply it.
