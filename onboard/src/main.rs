@@ -196,6 +196,8 @@ fn worker_role(args: &worker::settings::Args) -> anyhow::Result<WorkerRole> {
     Ok(WorkerRole {
         providers: args.provider_settings()?,
         settings: worker::runtime::WorkerSettings::default(),
+        retention: onboarding::retention::DataRetention::from_env()
+            .context("the retention settings (ONBOARD_RETENTION_*)")?,
     })
 }
 

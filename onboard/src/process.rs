@@ -23,6 +23,8 @@ pub struct WorkerRole {
     pub providers: worker::app::ProviderSettings,
     /// How the worker runs.
     pub settings: worker::runtime::WorkerSettings,
+    /// How long the inbox, rejected deliveries and idempotency records are kept.
+    pub retention: onboarding::retention::DataRetention,
 }
 
 /// The roles a process runs.
@@ -194,6 +196,6 @@ async fn run_worker(
     worker::app::configure_queues(&pool)
         .await
         .context("configuring the queues")?;
-    let registry = worker::app::registry(pool.clone(), providers);
+    let registry = worker::app::registry_with(pool.clone(), providers, role.retention);
     worker::runtime::run(pool, registry, role.settings, shutdown).await
 }

@@ -159,6 +159,7 @@ async fn a_worker_started_before_its_database_becomes_ready_once_the_database_is
         worker: Some(WorkerRole {
             providers: provider_settings("http://127.0.0.1:9", Duration::from_millis(500)),
             settings: worker_settings,
+            retention: Default::default(),
         }),
     };
     let process = Process::bind(&database, "127.0.0.1:0".parse().unwrap(), roles)
@@ -245,6 +246,7 @@ async fn onboard_worker_alone_serves_job_and_provider_counters_on_its_internal_l
         worker: Some(WorkerRole {
             providers: provider_settings(&stack.sandbox.base_url(), Duration::from_millis(700)),
             settings: worker_settings,
+            retention: Default::default(),
         }),
     };
     let process = Process::bind(
