@@ -59,10 +59,20 @@ pub async fn run() -> anyhow::Result<()> {
         sandbox_providers(&sandbox.base_url())?
     };
 
-    let settings = ingress::Settings::from_env_for_dev()?;
+    let mut settings = ingress::Settings::from_env_for_dev()?;
+    let internal_addr = settings.dashboard_addr.take();
     let ingress = ingress::spawn(pool.clone(), &settings)
         .await
         .context("starting the ingress")?;
+    let internal = match internal_addr {
+        Some(addr) => Some(
+            crate::operator::spawn_internal(pool.clone(), &ingress, addr)
+                .await?
+                .0,
+        ),
+        None => None,
+    };
+    let (dev_name, dev_password) = crate::operator::dev_operator(&pool).await?;
     let (_, api_key) =
         onboarding::api_key::create(&pool, &format!("dev-{}", std::process::id())).await?;
 
@@ -97,7 +107,8 @@ pub async fn run() -> anyhow::Result<()> {
         "  onboarding    POST {base}/v1/onboarding    (Authorization: Bearer {})",
         api_key.expose_secret()
     );
-    if let Some(internal) = ingress.internal_addr {
+    if let Some(internal) = internal {
+        println!("  dashboard     http://{internal}/   (log in as {dev_name} / {dev_password})");
         println!("  internal      http://{internal}/healthz  /readyz  /metrics");
     }
     println!("  sandbox       {}/sandbox/ledger", sandbox.base_url());

@@ -1,6 +1,7 @@
 //! The `onboard` command: parses flags and config, then calls the libraries' `run`s.
 
 mod dev;
+mod operator;
 
 use std::path::PathBuf;
 
@@ -51,6 +52,11 @@ enum Command {
     /// Onboarding API keys.
     #[command(name = "api-key", subcommand)]
     ApiKey(ApiKeyCommand),
+    /// Dashboard operators and their API tokens.
+    #[command(subcommand)]
+    Operator(operator::OperatorCommand),
+    /// The operator dashboard and admin API alone, on ONBOARD_DASHBOARD_ADDR.
+    Dashboard,
 }
 
 #[derive(Debug, Subcommand)]
@@ -147,6 +153,8 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Operator(command) => operator::run(&connect().await?, command).await,
+        Command::Dashboard => operator::dashboard(connect().await?).await,
         Command::ApiKey(ApiKeyCommand::Revoke { name }) => {
             let pool = connect().await?;
             let revoked = onboarding::api_key::revoke(&pool, &name).await?;
@@ -156,36 +164,26 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// `onboard serve`: the ingress and the worker in one process, stopped together.
+/// `onboard serve`: the ingress, the worker and the dashboard in one process, stopped together.
 async fn serve() -> anyhow::Result<()> {
     let pool = connect().await?;
-    let settings = ingress::Settings::from_env()?;
+    let mut settings = ingress::Settings::from_env()?;
+    let internal_addr = settings.dashboard_addr.take();
     let providers = worker::app::ProviderSettings::from_env()?.providers()?;
     worker::app::configure_queues(&pool).await?;
     let registry = worker::app::registry(pool.clone(), providers);
-    let (stop, _) = tokio::sync::watch::channel(false);
-    let ingress = {
-        let mut stopped = stop.subscribe();
-        ingress::serve(pool.clone(), settings, async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        })
-    };
-    let worker = {
-        let mut stopped = stop.subscribe();
-        worker::runtime::run(
-            pool,
-            registry,
-            worker::runtime::WorkerSettings::default(),
-            async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            },
-        )
-    };
-    let signal = async {
-        worker::runtime::shutdown_signal().await;
-        let _ = stop.send(true);
-    };
-    let (_, ingress, worker) = tokio::join!(signal, ingress, worker);
+    let ingress = ingress::spawn(pool.clone(), &settings).await?;
+    if let Some(addr) = internal_addr {
+        operator::spawn_internal(pool.clone(), &ingress, addr).await?;
+    }
+    let worker = worker::runtime::run(
+        pool,
+        registry,
+        worker::runtime::WorkerSettings::default(),
+        worker::runtime::shutdown_signal(),
+    )
+    .await;
+    let ingress = ingress.shutdown().await;
     ingress.and(worker)
 }
 

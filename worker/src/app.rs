@@ -127,7 +127,8 @@ pub fn registry(pool: PgPool, providers: Providers) -> Registry {
     crate::saga::register(registry, pool, Arc::new(providers))
 }
 
-/// Sets the per-queue caps the providers need (Resend allows 2 requests/s per team).
+/// Sets the per-queue caps the providers need (Resend allows 2 requests/s per team), unless
+/// an operator has set that queue's caps: theirs survive restarts.
 pub async fn configure_queues(pool: &PgPool) -> Result<(), sqlx::Error> {
-    jobs::admin::set_limits(pool, onboarding::saga::EMAIL_QUEUE, None, Some(2.0)).await
+    jobs::admin::set_default_limits(pool, onboarding::saga::EMAIL_QUEUE, None, Some(2.0)).await
 }
