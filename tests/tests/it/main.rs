@@ -1,6 +1,7 @@
 //! Integration tests: real PostgreSQL, real processes, real HTTP.
 
 mod clerk_events;
+mod dashboard;
 mod ingress;
 mod plans;
 mod processes;
