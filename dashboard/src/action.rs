@@ -103,13 +103,21 @@ async fn job_unaudited(pool: &PgPool, id: i64, action: JobAction) -> Result<Valu
         }
         JobAction::Cancel | JobAction::Discard => {
             let on_stop = saga_step::check_stop(saga.as_ref())?;
-            if action == JobAction::Cancel {
-                jobs::admin::cancel(pool, id).await.map_err(admin_error)?;
+            let was_running = if action == JobAction::Cancel {
+                jobs::admin::cancel(pool, id).await.map_err(admin_error)? == jobs::JobState::Running
             } else {
                 jobs::admin::discard(pool, id).await.map_err(admin_error)?;
-            }
+                false
+            };
             if let OnStop::CancelSaga(saga_id) = on_stop {
-                saga_step::cancel_saga(pool, saga_id).await?;
+                let kind: String = sqlx::query_scalar("select kind from onboard.job where id = $1")
+                    .bind(id)
+                    .fetch_one(pool)
+                    .await?;
+                let interrupted = was_running
+                    .then(|| saga_step::step_of_kind(&kind))
+                    .flatten();
+                saga_step::cancel_saga(pool, saga_id, interrupted).await?;
             }
         }
     }
@@ -234,7 +242,7 @@ async fn onboarding_unaudited(
     action: SagaAction,
 ) -> Result<Value, ApiError> {
     match action {
-        SagaAction::Cancel => saga_step::cancel_saga(pool, id).await?,
+        SagaAction::Cancel => saga_step::cancel_saga(pool, id, None).await?,
         SagaAction::Restart | SagaAction::Retry => {
             let mut tx = pool.begin().await?;
             let done = if action == SagaAction::Restart {

@@ -90,8 +90,40 @@ pub fn check_stop(saga: Option<&StepSaga>) -> Result<OnStop, ApiError> {
 }
 
 /// Cancels saga `id` (it compensates), waiting for a step in flight to let go of its lock.
-pub async fn cancel_saga(pool: &PgPool, id: i64) -> Result<(), ApiError> {
+/// `interrupted` is the step whose running job was just cancelled: its attempt's transaction
+/// rolled back, but its call to the provider may have had an effect, so the step is marked
+/// started and its compensation (which checks the provider's real state) runs too.
+pub async fn cancel_saga(
+    pool: &PgPool,
+    id: i64,
+    interrupted: Option<&str>,
+) -> Result<(), ApiError> {
     let mut tx = pool.begin().await?;
+    if onboarding::saga::lock(&mut tx, id)
+        .await?
+        .is_some_and(|s| s.state == "running")
+    {
+        if let Some(step) = interrupted {
+            let pending: bool = sqlx::query_scalar(
+                "select exists (select 1 from onboard.onboarding_step
+                                 where onboarding_id = $1 and name = $2 and state = 'pending')",
+            )
+            .bind(id)
+            .bind(step)
+            .fetch_one(&mut *tx)
+            .await?;
+            if pending {
+                onboarding::saga::step_started(&mut tx, id, step).await?;
+                onboarding::saga::step_attempt_failed(
+                    &mut tx,
+                    id,
+                    step,
+                    "cancelled by an operator while running",
+                )
+                .await?;
+            }
+        }
+    }
     match onboarding::saga::cancel(&mut tx, id).await {
         Ok(true) => {
             tx.commit().await?;
@@ -103,6 +135,15 @@ pub async fn cancel_saga(pool: &PgPool, id: i64) -> Result<(), ApiError> {
         )),
         Err(error) => Err(crate::action::saga_error(error)),
     }
+}
+
+/// The saga step a job kind runs (`onboarding.<step>`), if it is one.
+pub fn step_of_kind(kind: &str) -> Option<&'static str> {
+    let step = kind.strip_prefix("onboarding.")?;
+    onboarding::start::STEPS
+        .iter()
+        .copied()
+        .find(|s| *s == step)
 }
 
 #[cfg(test)]

@@ -49,7 +49,9 @@ impl Dashboard {
 
 /// Adds an operator with [`PASSWORD`].
 pub async fn add_operator(pool: &PgPool, name: &str, role: dashboard::account::Role) {
-    dashboard::account::add(pool, name, role, PASSWORD).await.unwrap();
+    dashboard::account::add(pool, name, role, PASSWORD)
+        .await
+        .unwrap();
 }
 
 /// A plain client that never follows redirects.
@@ -73,7 +75,12 @@ pub struct Session {
 }
 
 /// Posts the login form; returns the response.
-pub async fn post_login(d: &Dashboard, name: &str, password: &str, headers: HeaderMap) -> reqwest::Response {
+pub async fn post_login(
+    d: &Dashboard,
+    name: &str,
+    password: &str,
+    headers: HeaderMap,
+) -> reqwest::Response {
     client()
         .post(d.url("/login"))
         .headers(headers)
@@ -88,7 +95,10 @@ impl Session {
     pub async fn login(d: &Dashboard, name: &str) -> Session {
         let response = post_login(d, name, PASSWORD, HeaderMap::new()).await;
         assert_eq!(response.status(), StatusCode::SEE_OTHER, "login of {name}");
-        let set_cookie = response.headers()["set-cookie"].to_str().unwrap().to_owned();
+        let set_cookie = response.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .to_owned();
         let cookie = set_cookie.split(';').next().unwrap().to_owned();
         let http = client();
         let me: Value = http
@@ -127,7 +137,12 @@ impl Session {
     }
 
     /// An API POST with the cookie and `csrf` (None: no header) and a JSON body.
-    pub async fn post_api(&self, path: &str, csrf: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn post_api(
+        &self,
+        path: &str,
+        csrf: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut request = self
             .http
             .post(format!("{}{path}", self.base))
@@ -162,7 +177,13 @@ impl Session {
 }
 
 /// An API call with a Bearer token.
-pub async fn bearer(d: &Dashboard, method: reqwest::Method, path: &str, token: &str, body: Option<Value>) -> (StatusCode, Value) {
+pub async fn bearer(
+    d: &Dashboard,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
     let mut request = client().request(method, d.url(path)).bearer_auth(token);
     if let Some(body) = body {
         request = request.json(&body);

@@ -1,5 +1,6 @@
 //! Integration tests: real PostgreSQL, real processes, real HTTP.
 
+mod browser;
 mod clerk_events;
 mod dashboard;
 mod ingress;
