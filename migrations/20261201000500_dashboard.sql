@@ -46,10 +46,15 @@ alter table onboard.queue add column limits_set_at timestamptz;
 
 -- The dashboard's lookups of a saga's jobs and of an inbox delivery's job (only rows whose args
 -- carry the key are indexed), and of sagas by state.
-create index job_onboarding_idx on onboard.job (((args->>'onboarding_id')::bigint))
+create index job_onboarding_idx on onboard.job (((args->>'onboarding_id')::bigint), id)
     where args ? 'onboarding_id';
-create index job_inbox_idx on onboard.job (((args->>'inbox_id')::bigint))
+create index job_inbox_idx on onboard.job (((args->>'inbox_id')::bigint), id)
     where args ? 'inbox_id';
 create index job_clerk_org_idx on onboard.job ((args->>'clerk_org_id'))
     where args ? 'clerk_org_id';
 create index onboarding_state_idx on onboard.onboarding (state, id);
+
+-- Substring search of onboardings by org name or slug.
+create extension if not exists pg_trgm;
+create index onboarding_name_trgm_idx on onboard.onboarding
+    using gin ((request->>'name') gin_trgm_ops, (request->>'slug') gin_trgm_ops);

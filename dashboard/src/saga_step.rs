@@ -99,11 +99,11 @@ pub async fn cancel_saga(
     interrupted: Option<&str>,
 ) -> Result<(), ApiError> {
     let mut tx = pool.begin().await?;
-    if onboarding::saga::lock(&mut tx, id)
+    let running = onboarding::saga::lock(&mut tx, id)
         .await?
-        .is_some_and(|s| s.state == "running")
-    {
-        if let Some(step) = interrupted {
+        .is_some_and(|s| s.state == "running");
+    if running && let Some(step) = interrupted {
+        {
             let pending: bool = sqlx::query_scalar(
                 "select exists (select 1 from onboard.onboarding_step
                                  where onboarding_id = $1 and name = $2 and state = 'pending')",
@@ -196,5 +196,16 @@ mod tests {
             check_stop(Some(&saga("compensated", false))).unwrap(),
             OnStop::JobOnly
         );
+    }
+
+    #[test]
+    fn only_step_kinds_name_a_step() {
+        assert_eq!(
+            step_of_kind("onboarding.twilio_subaccount"),
+            Some("twilio_subaccount")
+        );
+        assert_eq!(step_of_kind("onboarding.undo_twilio_subaccount"), None);
+        assert_eq!(step_of_kind("onboarding.sync_metadata"), None);
+        assert_eq!(step_of_kind("clerk.user.created"), None);
     }
 }

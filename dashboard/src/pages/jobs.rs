@@ -126,6 +126,10 @@ pub async fn detail(
     let j = &job.job;
     let here = format!("/jobs/{id}");
     let waiting = matches!(j.state.as_str(), "available" | "scheduled" | "retryable");
+    // Buttons the saga would refuse are not shown (the API refuses them too).
+    let saga = crate::saga_step::saga_of_job(&s.pool, id).await?;
+    let can_retry = j.state != "running" && crate::saga_step::check_retry(saga.as_ref()).is_ok();
+    let can_stop = crate::saga_step::check_stop(saga.as_ref()).is_ok();
     let live = html! {
         div.cards {
             div.card {
@@ -139,9 +143,10 @@ pub async fn detail(
                 @if let Some(saga) = job.onboarding_id { p { "step of " a #saga-link href={ "/onboardings/" (saga) } { "onboarding " (saga) } } }
                 @if caller.can_act() {
                     p #actions {
-                        @if j.state != "running" { (action(&caller, &format!("/jobs/{id}/retry"), "retry", &here, false)) " " }
-                        @if waiting || j.state == "running" { (action(&caller, &format!("/jobs/{id}/cancel"), "cancel", &here, true)) " " }
-                        @if waiting { (action(&caller, &format!("/jobs/{id}/discard"), "discard", &here, true)) }
+                        @if can_retry { (action(&caller, &format!("/jobs/{id}/retry"), "retry", &here, false)) " " }
+                        @if can_stop && (waiting || j.state == "running") { (action(&caller, &format!("/jobs/{id}/cancel"), "cancel", &here, true)) " " }
+                        @if can_stop && waiting { (action(&caller, &format!("/jobs/{id}/discard"), "discard", &here, true)) }
+                        @if let Some(saga) = &saga { span.muted { " (onboarding " (saga.id) " is " (saga.state) ")" } }
                     }
                 }
             }

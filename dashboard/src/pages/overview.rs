@@ -24,6 +24,7 @@ fn saga_list(rows: &[OnboardingRow]) -> maud::Markup {
 pub async fn page(caller: Caller, State(s): State<DashboardState>) -> PageResult {
     let o = read::overview::read(&s.pool, s.settings.stuck_after).await?;
     let mut queues: Vec<&str> = o.live.iter().map(|c| c.queue.as_str()).collect();
+    queues.sort_unstable();
     queues.dedup();
     let live_states = read::jobs::LIVE_STATES;
     let count = |q: &str, st: &str| {
@@ -66,7 +67,7 @@ pub async fn page(caller: Caller, State(s): State<DashboardState>) -> PageResult
             div.card {
                 h2 { "Live jobs" }
                 table {
-                    tr { th { "queue" } @for st in live_states { th { (st) } } }
+                    tr { th { "queue" } @for st in live_states { th { (st) @if o.live_capped.iter().any(|c| c == st) { " (≥ " (read::overview::COUNT_CAP) " in all: estimate)" } } } }
                     @for q in &queues {
                         tr { td { a href={ "/jobs?queue=" (q) } { (q) } } @for st in live_states { td { a href={ "/jobs?queue=" (q) "&state=" (st) } { (count(q, st)) } } } }
                     }
@@ -90,8 +91,9 @@ pub async fn page(caller: Caller, State(s): State<DashboardState>) -> PageResult
             div.card {
                 h2 { "Onboardings" }
                 table {
-                    @for (st, n) in &o.onboardings {
-                        tr { td { a href={ "/onboardings?state=" (st) } { (state(st)) } } td { (n) } }
+                    @for c in &o.onboardings {
+                        tr { td { a href={ "/onboardings?state=" (c.state) } { (state(&c.state)) } }
+                             td { @if c.at_least { "≥ " (c.count) " (estimate)" } @else { (c.count) } } }
                     }
                 }
             }

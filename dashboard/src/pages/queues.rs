@@ -14,7 +14,7 @@ pub async fn page(caller: Caller, State(s): State<DashboardState>) -> PageResult
     let queues = read::queues::list(&s.pool).await?;
     let live = html! {
         table #queues {
-            tr { th { "queue" } th { "available" } th { "waiting" } th { "running" } th { "oldest available" } th { "completed/min" }
+            tr { th { "queue" } th { "runnable now" } th { "waiting" } th { "running" } th { "oldest runnable" } th { "completed/min" }
                  th { "max running" } th { "max per second" } th { "paused" } th { "" } }
             @for q in &queues {
                 tr data-queue=(q.name) {

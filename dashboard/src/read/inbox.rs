@@ -81,7 +81,7 @@ pub async fn list(
     }
     sql.push(" order by i.id desc limit ")
         .push_bind(limit(asked));
-    sql.build_query_as().fetch_all(pool).await
+    sql.build_query_as().persistent(false).fetch_all(pool).await
 }
 
 /// The job of an inbox delivery.
@@ -114,14 +114,26 @@ pub struct RejectedRow {
     pub body: String,
 }
 
+#[derive(sqlx::FromRow)]
+struct RejectedRaw {
+    id: i64,
+    svix_id: String,
+    reason: String,
+    attempts: i32,
+    first_seen_at: Time,
+    last_seen_at: Time,
+    body: Vec<u8>,
+}
+
 /// Rejected deliveries, newest first.
 pub async fn rejected(
     pool: &PgPool,
     before: Option<i64>,
     asked: Option<i64>,
 ) -> Result<Vec<RejectedRow>, sqlx::Error> {
-    let rows: Vec<(i64, String, String, i32, Time, Time, Vec<u8>)> = sqlx::query_as(
-        "select id, svix_id, reason, attempts, first_seen_at, last_seen_at, substring(body from 1 for 2048)
+    let rows: Vec<RejectedRaw> = sqlx::query_as(
+        "select id, svix_id, reason, attempts, first_seen_at, last_seen_at,
+                substring(body from 1 for 2048) as body
            from onboard.rejected_delivery where ($1::bigint is null or id < $1)
           order by id desc limit $2",
     )
@@ -131,16 +143,14 @@ pub async fn rejected(
     .await?;
     Ok(rows
         .into_iter()
-        .map(
-            |(id, svix_id, reason, attempts, first_seen_at, last_seen_at, body)| RejectedRow {
-                id,
-                svix_id,
-                reason,
-                attempts,
-                first_seen_at,
-                last_seen_at,
-                body: String::from_utf8_lossy(&body).into_owned(),
-            },
-        )
+        .map(|r| RejectedRow {
+            id: r.id,
+            svix_id: r.svix_id,
+            reason: r.reason,
+            attempts: r.attempts,
+            first_seen_at: r.first_seen_at,
+            last_seen_at: r.last_seen_at,
+            body: String::from_utf8_lossy(&r.body).into_owned(),
+        })
         .collect())
 }

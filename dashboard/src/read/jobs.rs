@@ -37,10 +37,16 @@ impl JobFilter {
         }
     }
 
-    fn push_where(&self, sql: &mut QueryBuilder<Postgres>) {
+    fn push_where(&self, sql: &mut QueryBuilder<Postgres>, org_jobs: Option<Vec<i64>>) {
         sql.push(" where true");
         if let Some(state) = &self.state {
-            sql.push(" and state::text = ").push_bind(state.clone());
+            if STATES.contains(&state.as_str()) {
+                sql.push(" and state = ")
+                    .push_bind(state.clone())
+                    .push("::onboard.job_state");
+            } else {
+                sql.push(" and false");
+            }
         }
         if let Some(queue) = &self.queue {
             sql.push(" and queue = ").push_bind(queue.clone());
@@ -48,22 +54,57 @@ impl JobFilter {
         if let Some(kind) = &self.kind {
             sql.push(" and kind = ").push_bind(kind.clone());
         }
-        if let Some(org) = &self.org {
-            sql.push(
-                " and ((args ? 'onboarding_id' and (args->>'onboarding_id')::bigint in
-                        (select id from onboard.onboarding where clerk_org_id = ",
-            )
-            .push_bind(org.clone())
-            .push(")) or (args ? 'clerk_org_id' and args->>'clerk_org_id' = ")
-            .push_bind(org.clone())
-            .push("))");
+        if let Some(ids) = org_jobs {
+            // The org's job ids are looked up first (two partial indexes), then fetched by id.
+            sql.push(" and id = any(").push_bind(ids).push(")");
         }
         if let Some(q) = &self.q {
-            sql.push(" and state in ('available', 'scheduled', 'running', 'retryable') and args::text ilike ")
-                .push_bind(format!("%{}%", like_escape(q)));
+            // Only live jobs are searched: their partial indexes bound the scan.
+            let pattern = format!("%{}%", like_escape(q));
+            sql.push(
+                " and id in (select id from onboard.job
+                              where state in ('available', 'scheduled', 'retryable') and args::text ilike ",
+            )
+            .push_bind(pattern.clone())
+            .push(
+                " union all select id from onboard.job
+                             where state = 'running' and args::text ilike ",
+            )
+            .push_bind(pattern)
+            .push(")");
         }
     }
+
+    /// The ids of the `org` filter's jobs: its saga's jobs and its offboarding.
+    async fn org_jobs(&self, pool: &PgPool) -> Result<Option<Vec<i64>>, sqlx::Error> {
+        let Some(org) = &self.org else {
+            return Ok(None);
+        };
+        let ids = sqlx::query_scalar(
+            "select j.id from onboard.onboarding s
+               join onboard.job j on j.args ? 'onboarding_id' and (j.args->>'onboarding_id')::bigint = s.id
+              where s.clerk_org_id = $1
+             union all
+             select id from onboard.job where args ? 'clerk_org_id' and args->>'clerk_org_id' = $1
+             limit 10000",
+        )
+        .bind(org)
+        .fetch_all(pool)
+        .await?;
+        Ok(Some(ids))
+    }
 }
+
+/// Every job state.
+pub const STATES: [&str; 7] = [
+    "available",
+    "scheduled",
+    "running",
+    "retryable",
+    "completed",
+    "cancelled",
+    "discarded",
+];
 
 /// A job in a list.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -99,21 +140,26 @@ pub async fn list(
     before: Option<i64>,
     asked: Option<i64>,
 ) -> Result<Vec<JobRow>, sqlx::Error> {
+    let org_jobs = filter.org_jobs(pool).await?;
     let mut sql = QueryBuilder::new(JOB_COLUMNS);
-    filter.push_where(&mut sql);
+    filter.push_where(&mut sql, org_jobs);
     if let Some(before) = before {
         sql.push(" and id < ").push_bind(before);
     }
     sql.push(" order by id desc limit ").push_bind(limit(asked));
-    sql.build_query_as().fetch_all(pool).await
+    sql.build_query_as().persistent(false).fetch_all(pool).await
 }
 
 /// Ids of every job matching `filter` (a bulk action on a filter), at most `cap`.
 pub async fn ids(pool: &PgPool, filter: &JobFilter, cap: i64) -> Result<Vec<i64>, sqlx::Error> {
+    let org_jobs = filter.org_jobs(pool).await?;
     let mut sql = QueryBuilder::new("select id from onboard.job");
-    filter.push_where(&mut sql);
+    filter.push_where(&mut sql, org_jobs);
     sql.push(" order by id desc limit ").push_bind(cap);
-    sql.build_query_scalar().fetch_all(pool).await
+    sql.build_query_scalar()
+        .persistent(false)
+        .fetch_all(pool)
+        .await
 }
 
 /// One job with everything an operator needs.

@@ -66,21 +66,26 @@ pub async fn list(
     if let Some(state) = &filter.state {
         sql.push(" and state = ").push_bind(state.clone());
     }
-    if let Some(q) = &filter.q {
-        let pattern = format!("%{}%", like_escape(q));
-        sql.push(" and (clerk_org_id = ")
-            .push_bind(q.clone())
-            .push(" or request->>'name' ilike ")
-            .push_bind(pattern.clone())
-            .push(" or request->>'slug' ilike ")
-            .push_bind(pattern)
-            .push(")");
+    match &filter.q {
+        // An org id is an exact, indexed match; other text searches names and slugs.
+        Some(q) if q.starts_with("org_") => {
+            sql.push(" and clerk_org_id = ").push_bind(q.clone());
+        }
+        Some(q) => {
+            let pattern = format!("%{}%", like_escape(q));
+            sql.push(" and (request->>'name' ilike ")
+                .push_bind(pattern.clone())
+                .push(" or request->>'slug' ilike ")
+                .push_bind(pattern)
+                .push(")");
+        }
+        None => {}
     }
     if let Some(before) = before {
         sql.push(" and id < ").push_bind(before);
     }
     sql.push(" order by id desc limit ").push_bind(limit(asked));
-    sql.build_query_as().fetch_all(pool).await
+    sql.build_query_as().persistent(false).fetch_all(pool).await
 }
 
 /// A step of the timeline.

@@ -9,13 +9,13 @@ use sqlx::PgPool;
 pub struct QueueRow {
     /// Its name.
     pub name: String,
-    /// Jobs runnable now.
+    /// Jobs runnable now (available, or scheduled/retryable whose time has come).
     pub available: i64,
-    /// Jobs waiting for their time (scheduled or retryable).
+    /// Jobs waiting for their time (scheduled, retryable or enqueued for later).
     pub waiting: i64,
     /// Jobs running.
     pub running: i64,
-    /// Age in seconds of the oldest available job.
+    /// Age in seconds of the oldest runnable job.
     pub oldest_age_s: Option<f64>,
     /// Jobs completed in the last minute.
     pub completed_last_minute: i64,
@@ -32,9 +32,9 @@ pub struct QueueRow {
 const QUEUES: &str = "
 with live as (
     select queue,
-           count(*) filter (where state = 'available' and run_at <= now()) as available,
-           count(*) filter (where state in ('scheduled', 'retryable') or (state = 'available' and run_at > now())) as waiting,
-           extract(epoch from now() - min(run_at) filter (where state = 'available' and run_at <= now()))::float8 as oldest_age_s
+           count(*) filter (where run_at <= now()) as available,
+           count(*) filter (where run_at > now()) as waiting,
+           extract(epoch from now() - min(run_at) filter (where run_at <= now()))::float8 as oldest_age_s
       from onboard.job where state in ('available', 'scheduled', 'retryable')
      group by queue
 ), running as (

@@ -735,6 +735,10 @@ async fn onboarding_actions_follow_the_saga_state_and_a_step_job_of_a_terminal_s
         page.contains(&format!("/onboardings/{id}")),
         "the job links its saga"
     );
+    assert!(
+        !page.contains("data-action=\"retry\""),
+        "no retry button on a step of a terminal saga"
+    );
 
     // Heal and restart: it completes.
     stack.sandbox.heal("dash-fail-twilio").await;
