@@ -214,13 +214,23 @@ pub async fn check_login(
             .fetch_optional(pool)
             .await?;
     let password = password.to_owned();
-    let Some((id, role, stored)) = row else {
-        return Ok(None);
-    };
-    let ok = tokio::task::spawn_blocking(move || verify_password(&password, &stored))
-        .await
-        .unwrap_or(false);
-    Ok(ok.then(|| identity(id, name.to_owned(), &role)))
+    // An unknown name costs one hash too, so the answer's timing does not tell names apart.
+    let stored = row.as_ref().map(|r| r.2.clone());
+    let ok = tokio::task::spawn_blocking(move || match stored {
+        Some(stored) => verify_password(&password, &stored),
+        None => {
+            static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+            let dummy =
+                DUMMY.get_or_init(|| hash_password("not a password of anyone").unwrap_or_default());
+            let _ = verify_password(&password, dummy);
+            false
+        }
+    })
+    .await
+    .unwrap_or(false);
+    Ok(row
+        .filter(|_| ok)
+        .map(|(id, role, _)| identity(id, name.to_owned(), &role)))
 }
 
 /// Makes an API token for the operator; the token is returned once and never stored.

@@ -135,6 +135,8 @@ async fn wrong_passwords_are_refused_and_logins_are_rate_limited_per_name() {
     let db = fresh_db().await;
     add_ops(&db.pool).await;
     let d = Dashboard::spawn(db.pool.clone()).await;
+    let r = post_login(&d, "nobody", PASSWORD, HeaderMap::new()).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "an unknown name");
     for _ in 0..5 {
         let r = post_login(&d, "olga", "not the password!", HeaderMap::new()).await;
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
@@ -153,7 +155,7 @@ async fn wrong_passwords_are_refused_and_logins_are_rate_limited_per_name() {
         .collect();
     assert_eq!(
         results.iter().filter(|r| *r == "bad_credentials").count(),
-        5
+        6
     );
     assert_eq!(results.iter().filter(|r| *r == "rate_limited").count(), 1);
 }
