@@ -242,7 +242,7 @@ async fn onboarding_unaudited(
     action: SagaAction,
 ) -> Result<Value, ApiError> {
     match action {
-        SagaAction::Cancel => saga_step::cancel_saga(pool, id, None).await?,
+        SagaAction::Cancel => saga_step::cancel_running_saga(pool, id).await?,
         SagaAction::Restart | SagaAction::Retry => {
             let mut tx = pool.begin().await?;
             let done = if action == SagaAction::Restart {

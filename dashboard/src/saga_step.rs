@@ -137,6 +137,34 @@ pub async fn cancel_saga(
     }
 }
 
+/// Operator cancel of a whole saga: a step job in flight is cancelled first (its handler holds
+/// the saga's lock for its whole call), then the saga compensates, that step included.
+pub async fn cancel_running_saga(pool: &PgPool, id: i64) -> Result<(), ApiError> {
+    let running: Option<(i64, String)> = sqlx::query_as(
+        "select j.id, j.kind from onboard.job j join onboard.onboarding s on s.id = $1
+          where j.args ? 'onboarding_id' and (j.args->>'onboarding_id')::bigint = $1
+            and j.state = 'running' and s.state = 'running'
+            and not exists (select 1 from onboard.onboarding_step st
+                             where st.onboarding_id = s.id and st.name = $2 and st.state = 'done')
+          order by j.id desc limit 1",
+    )
+    .bind(id)
+    .bind(onboarding::saga::POINT_OF_NO_RETURN)
+    .fetch_optional(pool)
+    .await?;
+    let mut interrupted = None;
+    if let Some((job, kind)) = running
+        && let Some(step) = step_of_kind(&kind)
+        && matches!(
+            jobs::admin::cancel(pool, job).await,
+            Ok(jobs::JobState::Running)
+        )
+    {
+        interrupted = Some(step);
+    }
+    cancel_saga(pool, id, interrupted).await
+}
+
 /// The saga step a job kind runs (`onboarding.<step>`), if it is one.
 pub fn step_of_kind(kind: &str) -> Option<&'static str> {
     let step = kind.strip_prefix("onboarding.")?;

@@ -818,8 +818,14 @@ async fn cancelling_a_running_saga_step_job_compensates_its_saga_and_cancel_of_a
     stack
         .deliver(&organization_created(org3, "dash3-slow-twilio", user3))
         .await;
-    wait_for("the saga to exist", Duration::from_secs(60), || async {
-        stack.saga_state(org3).await.filter(|s| s == "running")
+    // Its Twilio step in flight holds the saga's lock for 30 s: the cancel stops it first.
+    let step_job3: i64 = wait_for("the Twilio step to run", Duration::from_secs(60), || async {
+        sqlx::query_scalar(
+            "select id from onboard.job where kind = 'onboarding.twilio_subaccount' and state = 'running'",
+        )
+        .fetch_optional(&stack.db.pool)
+        .await
+        .unwrap()
     })
     .await;
     let id3 = saga_id(&stack.db.pool, org3).await;
@@ -828,5 +834,12 @@ async fn cancelling_a_running_saga_step_job_compensates_its_saga_and_cancel_of_a
         .await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     stack.wait_saga(org3, "compensated").await;
+    assert_eq!(jobs_state(&stack.db.pool, step_job3).await, "cancelled");
+    stack.wait_idle().await;
+    assert_eq!(
+        active_subaccounts(&stack, org3).await,
+        0,
+        "no sub-account leaked"
+    );
     stack.stop().await;
 }
