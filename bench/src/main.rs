@@ -4,6 +4,7 @@
 //! with pgbench in the same run, and prints our figures as ratios to it: a table, then one JSON
 //! line per figure.
 
+mod dashboard;
 mod e2e;
 mod floor;
 mod ingress;
@@ -129,7 +130,13 @@ async fn main() -> anyhow::Result<()> {
             let figures = saga::run(&server).await?;
             print("saga", &figures);
         }
-        other => anyhow::bail!("unknown bench `{other}`; try `queue`, `ingress`, `saga` or `e2e`"),
+        "dashboard" => {
+            let figures = dashboard::run(&server).await?;
+            print("dashboard", &figures);
+        }
+        other => anyhow::bail!(
+            "unknown bench `{other}`; try `queue`, `ingress`, `saga`, `e2e` or `dashboard`"
+        ),
     }
     Ok(())
 }

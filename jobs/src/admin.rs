@@ -138,8 +138,31 @@ pub async fn resume(pool: &PgPool, queue: &str) -> Result<(), sqlx::Error> {
 }
 
 /// Caps a queue: jobs running at once across all workers, and jobs started per second.
-/// `None` removes a cap.
+/// `None` removes a cap. These are the operator's caps: [`set_default_limits`] never
+/// overwrites them.
 pub async fn set_limits(
+    pool: &PgPool,
+    queue: &str,
+    max_running: Option<i32>,
+    max_per_second: Option<f64>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "insert into onboard.queue (name, max_running, max_per_second, tokens, limits_set_at)
+         values ($1, $2, $3, coalesce($3, 0), now())
+         on conflict (name) do update
+            set max_running = $2, max_per_second = $3, limits_set_at = now(), updated_at = now()",
+    )
+    .bind(queue)
+    .bind(max_running)
+    .bind(max_per_second)
+    .execute(pool)
+    .await?;
+    notify_queue(pool, queue).await
+}
+
+/// A queue's built-in caps, applied only while no operator has set its caps with
+/// [`set_limits`] (so what an operator sets survives restarts).
+pub async fn set_default_limits(
     pool: &PgPool,
     queue: &str,
     max_running: Option<i32>,
@@ -148,7 +171,8 @@ pub async fn set_limits(
     sqlx::query(
         "insert into onboard.queue (name, max_running, max_per_second, tokens) values ($1, $2, $3, coalesce($3, 0))
          on conflict (name) do update
-            set max_running = $2, max_per_second = $3, updated_at = now()",
+            set max_running = $2, max_per_second = $3, updated_at = now()
+          where onboard.queue.limits_set_at is null",
     )
     .bind(queue)
     .bind(max_running)

@@ -1,11 +1,13 @@
 //! `onboard dev`: the whole service on a laptop with nothing set up — a throwaway PostgreSQL,
-//! the provider sandbox, the ingress and the worker, a dev API key, and what to try first.
+//! the provider sandbox, the ingress, the worker and the dashboard in one process, a dev API key
+//! and a dev operator, and what to try first.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
 use jobs::local_pg::{Durability, LocalPostgres};
+use onboard::process::{Process, Roles, WorkerRole};
+use onboard::settings::Database;
 use secrecy::ExposeSecret;
 
 /// The name of the one API key `dev` keeps active: each start revokes the previous one.
@@ -54,6 +56,7 @@ fn sandbox_providers(base: &str) -> anyhow::Result<worker::app::ProviderSettings
     )
 }
 
+/// Runs `onboard dev` until SIGINT or SIGTERM.
 pub async fn run() -> anyhow::Result<()> {
     let (url, postgres) = match std::env::var("DATABASE_URL") {
         Ok(url) => (url, None),
@@ -89,26 +92,30 @@ pub async fn run() -> anyhow::Result<()> {
         sandbox_providers(&sandbox.base_url())?
     };
 
-    let settings = ingress::Settings::from_env_for_dev()?;
-    let ingress = ingress::spawn(pool.clone(), &settings)
-        .await
-        .context("starting the ingress")?;
-    // One dev key at a time: the previous start's key is revoked.
+    let ingress = ingress::Settings::from_env_for_dev()?;
+    let internal_addr = ingress
+        .dashboard_addr
+        .context("the internal listener's address")?;
+    let roles = Roles {
+        ingress: Some(ingress),
+        worker: Some(WorkerRole {
+            providers,
+            settings: worker::runtime::WorkerSettings::default(),
+            retention: onboarding::retention::DataRetention::from_env()
+                .context("the retention settings (ONBOARD_RETENTION_*)")?,
+        }),
+        dashboard: Some(dashboard::Settings::from_env()?),
+    };
+    let process = Process::bind(&Database::new(&url), internal_addr, roles).await?;
+    // One dev key and one dev operator at a time: each start replaces the previous ones.
     let (_, api_key) = onboarding::api_key::rotate(&pool, DEV_KEY_NAME).await?;
+    let (dev_name, dev_password) = crate::operator::dev_operator(&pool).await?;
 
-    worker::app::configure_queues(&pool).await?;
-    let registry = worker::app::registry(pool.clone(), providers.providers()?);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn(worker::runtime::run(
-        pool.clone(),
-        registry,
-        worker::runtime::WorkerSettings::default(),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-
-    let base = format!("http://{}", ingress.ingress_addr);
+    let base = format!(
+        "http://{}",
+        process.ingress_addr().context("the ingress's address")?
+    );
+    let internal = process.internal_addr();
     println!();
     println!(
         "onboard dev is running. Ctrl-C stops it{}.",
@@ -127,19 +134,15 @@ pub async fn run() -> anyhow::Result<()> {
         "  onboarding    POST {base}/v1/onboarding    (Authorization: Bearer {}; key `{DEV_KEY_NAME}`, replaced at each start)",
         api_key.expose_secret()
     );
-    if let Some(internal) = ingress.internal_addr {
-        println!("  internal      http://{internal}/healthz  /readyz  /metrics");
-    }
+    println!("  dashboard     http://{internal}/   (log in as {dev_name} / {dev_password})");
+    println!("  internal      http://{internal}/healthz  /readyz  /metrics");
     println!("  sandbox       {}/sandbox/ledger", sandbox.base_url());
     println!("  try           cargo run -p onboard -- send organization.created --with-creator");
     println!();
 
-    worker::runtime::shutdown_signal().await;
+    let result = process.run(worker::runtime::shutdown_signal()).await;
     println!("stopping…");
-    let _ = stop.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(35), worker).await;
-    let _ = ingress.shutdown().await;
     sandbox.shutdown().await;
     drop(postgres);
-    Ok(())
+    result
 }

@@ -2,6 +2,7 @@
 
 mod dev;
 mod healthcheck;
+mod operator;
 mod provider_sandbox;
 mod send;
 
@@ -83,6 +84,20 @@ enum Command {
     /// Onboarding API keys.
     #[command(name = "api-key", subcommand)]
     ApiKey(ApiKeyCommand),
+    /// Dashboard operators and their API tokens.
+    Operator {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(subcommand)]
+        command: operator::OperatorCommand,
+    },
+    /// The operator dashboard and admin API alone, on the internal listener.
+    Dashboard {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        internal: InternalArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -127,6 +142,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let roles = Roles {
                 ingress: Some(ingress.settings(None)?),
                 worker: Some(worker_role(&worker)?),
+                dashboard: Some(dashboard::Settings::from_env()?),
             };
             serve(&database, &internal, roles).await
         }
@@ -137,7 +153,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         } => {
             let roles = Roles {
                 ingress: Some(ingress.settings(None)?),
-                worker: None,
+                ..Roles::default()
             };
             serve(&database, &internal, roles).await
         }
@@ -147,8 +163,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             worker,
         } => {
             let roles = Roles {
-                ingress: None,
                 worker: Some(worker_role(&worker)?),
+                ..Roles::default()
             };
             serve(&database, &internal, roles).await
         }
@@ -171,6 +187,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 key.expose_secret()
             );
             Ok(())
+        }
+        Command::Operator { database, command } => {
+            operator::run(&database.settings()?.connect().await?, command).await
+        }
+        Command::Dashboard { database, internal } => {
+            let roles = Roles {
+                dashboard: Some(dashboard::Settings::from_env()?),
+                ..Roles::default()
+            };
+            serve(&database, &internal, roles).await
         }
         Command::ApiKey(ApiKeyCommand::Revoke { database, name }) => {
             let pool = database.settings()?.connect().await?;

@@ -34,6 +34,8 @@ pub struct Roles {
     pub ingress: Option<ingress::Settings>,
     /// The job workers.
     pub worker: Option<WorkerRole>,
+    /// The operator dashboard and its admin API, on the internal listener.
+    pub dashboard: Option<dashboard::Settings>,
 }
 
 /// A process with its listeners bound, not yet serving (bind port 0 in tests).
@@ -96,6 +98,14 @@ impl Process {
         };
         if roles.worker.is_some() {
             parts.push(worker::internal::internal_role(worker_pool.clone()));
+        }
+        if let Some(settings) = roles.dashboard {
+            let state = dashboard::DashboardState::new(pool.clone(), settings);
+            parts.push(telemetry::Role::new(
+                "dashboard",
+                dashboard::router(state),
+                || async { Ok(()) },
+            ));
         }
         let internal = TcpListener::bind(internal_addr)
             .await

@@ -2,6 +2,7 @@
 //! fresh migrated database per test, and waiting on conditions with a deadline (never sleeps
 //! that hope).
 
+pub mod dashboard;
 pub mod stack;
 
 use std::future::Future;

@@ -31,7 +31,8 @@ pub fn registry_with(pool: PgPool, providers: Providers, retention: DataRetentio
     crate::saga::register(registry, pool, Arc::new(providers))
 }
 
-/// Sets the per-queue caps the providers need (Resend allows 2 requests/s per team).
+/// Sets the per-queue caps the providers need (Resend allows 2 requests/s per team), unless
+/// an operator has set that queue's caps: theirs survive restarts.
 pub async fn configure_queues(pool: &PgPool) -> Result<(), sqlx::Error> {
-    jobs::admin::set_limits(pool, onboarding::saga::EMAIL_QUEUE, None, Some(2.0)).await
+    jobs::admin::set_default_limits(pool, onboarding::saga::EMAIL_QUEUE, None, Some(2.0)).await
 }

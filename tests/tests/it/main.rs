@@ -1,7 +1,9 @@
 //! Integration tests: real PostgreSQL, real processes, real HTTP.
 
+mod browser;
 mod burst;
 mod clerk_events;
+mod dashboard;
 mod fuzz;
 mod ingress;
 mod ingress_limits;

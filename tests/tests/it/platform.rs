@@ -161,6 +161,7 @@ async fn a_worker_started_before_its_database_becomes_ready_once_the_database_is
             settings: worker_settings,
             retention: Default::default(),
         }),
+        dashboard: None,
     };
     let process = Process::bind(&database, "127.0.0.1:0".parse().unwrap(), roles)
         .await
@@ -248,6 +249,7 @@ async fn onboard_worker_alone_serves_job_and_provider_counters_on_its_internal_l
             settings: worker_settings,
             retention: Default::default(),
         }),
+        dashboard: None,
     };
     let process = Process::bind(
         &Database::new(&stack.db.url),

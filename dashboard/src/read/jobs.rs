@@ -1,0 +1,227 @@
+//! Jobs: the filtered, newest-first list (keyset on id) and one job with every attempt.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::{PgPool, Postgres, QueryBuilder};
+
+use super::{Time, like_escape, limit};
+
+/// The live states (a job that will still run).
+pub const LIVE_STATES: [&str; 4] = ["available", "scheduled", "running", "retryable"];
+
+/// The job list's filters (the page's query string and the API's).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+pub struct JobFilter {
+    /// One state.
+    pub state: Option<String>,
+    /// One queue.
+    pub queue: Option<String>,
+    /// One kind.
+    pub kind: Option<String>,
+    /// A Clerk organization id: that org's saga and offboarding jobs.
+    pub org: Option<String>,
+    /// Text in the args of live jobs.
+    pub q: Option<String>,
+}
+
+impl JobFilter {
+    /// Drops empty fields (an HTML form sends them).
+    pub fn normalized(self) -> Self {
+        let clean = |v: Option<String>| v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+        JobFilter {
+            state: clean(self.state),
+            queue: clean(self.queue),
+            kind: clean(self.kind),
+            org: clean(self.org),
+            q: clean(self.q),
+        }
+    }
+
+    fn push_where(&self, sql: &mut QueryBuilder<Postgres>, org_jobs: Option<Vec<i64>>) {
+        sql.push(" where true");
+        if let Some(state) = &self.state {
+            if STATES.contains(&state.as_str()) {
+                sql.push(" and state = ")
+                    .push_bind(state.clone())
+                    .push("::onboard.job_state");
+            } else {
+                sql.push(" and false");
+            }
+        }
+        if let Some(queue) = &self.queue {
+            sql.push(" and queue = ").push_bind(queue.clone());
+        }
+        if let Some(kind) = &self.kind {
+            sql.push(" and kind = ").push_bind(kind.clone());
+        }
+        if let Some(ids) = org_jobs {
+            // The org's job ids are looked up first (two partial indexes), then fetched by id.
+            sql.push(" and id = any(").push_bind(ids).push(")");
+        }
+        if let Some(q) = &self.q {
+            // Only live jobs are searched: their partial indexes bound the scan.
+            let pattern = format!("%{}%", like_escape(q));
+            sql.push(
+                " and id in (select id from onboard.job
+                              where state in ('available', 'scheduled', 'retryable') and args::text ilike ",
+            )
+            .push_bind(pattern.clone())
+            .push(
+                " union all select id from onboard.job
+                             where state = 'running' and args::text ilike ",
+            )
+            .push_bind(pattern)
+            .push(")");
+        }
+    }
+
+    /// The ids of the `org` filter's jobs: its saga's jobs and its offboarding.
+    async fn org_jobs(&self, pool: &PgPool) -> Result<Option<Vec<i64>>, sqlx::Error> {
+        let Some(org) = &self.org else {
+            return Ok(None);
+        };
+        let ids = sqlx::query_scalar(
+            "select j.id from onboard.onboarding s
+               join onboard.job j on j.args ? 'onboarding_id' and (j.args->>'onboarding_id')::bigint = s.id
+              where s.clerk_org_id = $1
+             union all
+             select id from onboard.job where args ? 'clerk_org_id' and args->>'clerk_org_id' = $1
+             limit 10000",
+        )
+        .bind(org)
+        .fetch_all(pool)
+        .await?;
+        Ok(Some(ids))
+    }
+}
+
+/// Every job state.
+pub const STATES: [&str; 7] = [
+    "available",
+    "scheduled",
+    "running",
+    "retryable",
+    "completed",
+    "cancelled",
+    "discarded",
+];
+
+/// A job in a list.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct JobRow {
+    /// Its id.
+    pub id: i64,
+    /// Its queue.
+    pub queue: String,
+    /// Its kind.
+    pub kind: String,
+    /// Its state.
+    pub state: String,
+    /// Attempts made.
+    pub attempt: i32,
+    /// Attempts allowed.
+    pub max_attempts: i32,
+    /// When it runs (or ran).
+    pub run_at: Time,
+    /// When it was enqueued.
+    pub created_at: Time,
+    /// When it finished.
+    pub finalized_at: Option<Time>,
+    /// Its arguments.
+    pub args: sqlx::types::Json<Value>,
+}
+
+const JOB_COLUMNS: &str = "select id, queue, kind, state::text as state, attempt, max_attempts, run_at, created_at, finalized_at, args from onboard.job";
+
+/// Jobs matching `filter`, newest first, with ids below `before`.
+pub async fn list(
+    pool: &PgPool,
+    filter: &JobFilter,
+    before: Option<i64>,
+    asked: Option<i64>,
+) -> Result<Vec<JobRow>, sqlx::Error> {
+    let org_jobs = filter.org_jobs(pool).await?;
+    let mut sql = QueryBuilder::new(JOB_COLUMNS);
+    filter.push_where(&mut sql, org_jobs);
+    if let Some(before) = before {
+        sql.push(" and id < ").push_bind(before);
+    }
+    sql.push(" order by id desc limit ").push_bind(limit(asked));
+    sql.build_query_as().persistent(false).fetch_all(pool).await
+}
+
+/// Ids of every job matching `filter` (a bulk action on a filter), at most `cap`.
+pub async fn ids(pool: &PgPool, filter: &JobFilter, cap: i64) -> Result<Vec<i64>, sqlx::Error> {
+    let org_jobs = filter.org_jobs(pool).await?;
+    let mut sql = QueryBuilder::new("select id from onboard.job");
+    filter.push_where(&mut sql, org_jobs);
+    sql.push(" order by id desc limit ").push_bind(cap);
+    sql.build_query_scalar()
+        .persistent(false)
+        .fetch_all(pool)
+        .await
+}
+
+/// One job with everything an operator needs.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobDetail {
+    /// The row.
+    #[serde(flatten)]
+    pub job: JobRow,
+    /// The worker holding it (running only).
+    pub lease_owner: Option<String>,
+    /// When its lease ends.
+    pub lease_expires_at: Option<Time>,
+    /// When its last attempt started.
+    pub attempted_at: Option<Time>,
+    /// Its unique key.
+    pub unique_key: Option<String>,
+    /// An operator asked it to stop.
+    pub cancel_requested: bool,
+    /// Every failed attempt: `{attempt, at, worker, message, kind}`.
+    pub errors: Vec<Value>,
+    /// The saga it is a step of.
+    pub onboarding_id: Option<i64>,
+}
+
+#[derive(sqlx::FromRow)]
+struct DetailRow {
+    #[sqlx(flatten)]
+    job: JobRow,
+    lease_owner: Option<String>,
+    lease_expires_at: Option<Time>,
+    attempted_at: Option<Time>,
+    unique_key: Option<String>,
+    cancel_requested: bool,
+    errors: Vec<sqlx::types::Json<Value>>,
+}
+
+/// One job.
+pub async fn get(pool: &PgPool, id: i64) -> Result<Option<JobDetail>, sqlx::Error> {
+    let row: Option<DetailRow> = sqlx::query_as(
+        "select id, queue, kind, state::text as state, attempt, max_attempts, run_at, created_at, finalized_at, args,
+                lease_owner, lease_expires_at, attempted_at, unique_key, cancel_requested, errors
+           from onboard.job where id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|r| {
+        let onboarding_id = saga_of(&r.job.args.0);
+        JobDetail {
+            job: r.job,
+            lease_owner: r.lease_owner,
+            lease_expires_at: r.lease_expires_at,
+            attempted_at: r.attempted_at,
+            unique_key: r.unique_key,
+            cancel_requested: r.cancel_requested,
+            errors: r.errors.into_iter().map(|e| e.0).collect(),
+            onboarding_id,
+        }
+    }))
+}
+
+/// The saga a job belongs to, from its args.
+pub fn saga_of(args: &Value) -> Option<i64> {
+    args.get("onboarding_id").and_then(Value::as_i64)
+}
