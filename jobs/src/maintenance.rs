@@ -201,7 +201,7 @@ pub struct RoundReport {
 }
 
 /// The advisory lock key of a maintenance round (transaction-scoped: works behind poolers).
-const MAINTENANCE_LOCK: i64 = 0x6f6e_626f_6172_6401;
+pub const MAINTENANCE_LOCK: i64 = 0x6f6e_626f_6172_6401;
 
 impl Maintenance {
     /// One round in one transaction, if no other replica is running one.

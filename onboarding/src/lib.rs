@@ -2,6 +2,7 @@
 //! memberships), the webhook inbox, Clerk event handling, the onboarding saga's state machine,
 //! default permissions and the onboarding API's keys.
 
+pub mod advisory_lock;
 pub mod api_key;
 pub mod clerk_event;
 pub mod directory;

@@ -25,7 +25,7 @@ pub const QUEUE: &str = "maintenance";
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
 /// The advisory lock key of a retention round (transaction-scoped: works behind poolers).
-pub const ROUND_LOCK: i64 = 0x6f6e_626f_6172_6402;
+pub const ROUND_LOCK: i64 = crate::advisory_lock::RETENTION;
 
 /// The retention windows, and how much one round does.
 #[derive(Debug, Clone, PartialEq, Eq)]

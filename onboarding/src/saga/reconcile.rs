@@ -24,7 +24,7 @@ pub const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 /// Sagas settled per pass at most.
 const BATCH: i64 = 100;
 /// The transaction-scoped advisory lock that lets one replica reconcile at a time.
-const RECONCILE_LOCK: i64 = 0x6f6e_626f_6172_6402;
+const RECONCILE_LOCK: i64 = crate::advisory_lock::RECONCILE;
 
 /// Sagas that are not terminal and have no live job of their current run. The keys are
 /// `super::job_key`'s, built in SQL: `onboarding:<id>:<name>` for run 1,

@@ -702,11 +702,11 @@ async fn onboarding_actions_follow_the_saga_state_and_a_step_job_of_a_terminal_s
     );
 
     // Not allowed in this state: 409 with the code.
-    for a in ["retry", "cancel"] {
+    for (a, code) in [("retry", "saga_not_retryable"), ("cancel", "saga_terminal")] {
         let (status, body) = op.act(&format!("/api/onboardings/{id}/{a}"), None).await;
         assert_eq!(
             (status, &body["error"]["code"]),
-            (StatusCode::CONFLICT, &json!("wrong_state")),
+            (StatusCode::CONFLICT, &json!(code)),
             "{a}"
         );
     }
@@ -754,7 +754,7 @@ async fn onboarding_actions_follow_the_saga_state_and_a_step_job_of_a_terminal_s
         .await;
     assert_eq!(
         (status, &body["error"]["code"]),
-        (StatusCode::CONFLICT, &json!("wrong_state"))
+        (StatusCode::CONFLICT, &json!("saga_not_restartable"))
     );
     let found = op.get_json(&format!("/api/onboardings?q={org}")).await;
     assert_eq!(found["items"][0]["id"], id);
@@ -765,7 +765,7 @@ async fn onboarding_actions_follow_the_saga_state_and_a_step_job_of_a_terminal_s
         .into_iter()
         .map(|r| r.2)
         .collect();
-    assert_eq!(audit, ["ok", "wrong_state"]);
+    assert_eq!(audit, ["ok", "saga_not_restartable"]);
     stack.stop().await;
 }
 

@@ -18,7 +18,7 @@ use ingress::settings::WebhookSecrets;
 use ingress::signature::{SignatureError, SvixHeaders};
 use onboarding::inbox::{ClerkEnvelope, EnvelopeError, ROUTED, Route};
 
-use crate::privacy::fixture;
+use integration_tests::stack::fixture;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const FIXTURES: [&str; 13] = [

@@ -13,5 +13,4 @@ mod platform;
 mod privacy;
 mod retention;
 mod saga;
-mod secrets;
 mod send;

@@ -5,18 +5,13 @@
 
 use std::time::Duration;
 
+use integration_tests::stack::fixture;
 use integration_tests::stack::{SECRET, Stack, StackOptions};
 use integration_tests::wait_for;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-/// A Clerk fixture from `tests/fixtures/clerk/` (copied verbatim from Clerk's examples).
-pub fn fixture(name: &str) -> Value {
-    let path = format!("{}/fixtures/clerk/{name}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parse {path}: {e}"))
-}
 
 /// Every (table.column, rows) in schema `onboard` whose text, jsonb, jsonb[] or bytea value
 /// contains `needle` (case-insensitive).

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 
-use crate::privacy::fixture;
+use integration_tests::stack::fixture;
 
 const WEBHOOK_SECRET: &str = "whsec_bG9nLXRlc3Qtd2ViaG9vay1zZWNyZXQtOWYzYTFj";
 const WEBHOOK_KEY: &str = "bG9nLXRlc3Qtd2ViaG9vay1zZWNyZXQtOWYzYTFj";
@@ -101,8 +101,9 @@ async fn a_full_run_logs_none_of_the_configured_secrets() {
                 .with_span_list(true)
                 .with_writer(capture.clone()),
         );
-    // This test's runtime is single-threaded: every task of the roles runs under this default.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    // The process's only subscriber (this test is its binary's only test): every thread, every
+    // task and every callsite reports to it.
+    tracing::subscriber::set_global_default(subscriber).expect("the first subscriber");
 
     let db = fresh_db().await;
     let sandbox = sandbox::spawn(
