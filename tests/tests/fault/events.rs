@@ -55,6 +55,15 @@ pub fn organization_created(org_id: &str, slug: &str, creator: &str, at_ms: i64)
     )
 }
 
+/// `organization.deleted` for `org_id` (Clerk sends only the id, slug and `deleted`).
+pub fn organization_deleted(org_id: &str, slug: &str, at_ms: i64) -> Value {
+    envelope(
+        "organization.deleted",
+        json!({"object": "organization", "id": org_id, "slug": slug, "deleted": true}),
+        at_ms,
+    )
+}
+
 /// `user.created` for `person`, whose primary (and only) email is `person.email`.
 pub fn user_created(person: &Person, at_ms: i64) -> Value {
     let user_id = &person.user_id;

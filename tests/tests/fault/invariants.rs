@@ -145,6 +145,8 @@ struct Db {
     users: HashSet<String>,
     memberships: HashMap<(String, String), String>,
     overdue: Vec<(i64, String, String, String)>,
+    /// `offboarding.close_org` job states by org.
+    offboards: HashMap<String, Vec<String>>,
     job_states: Vec<(String, String, i64)>,
     lease_expired: i64,
 }
@@ -229,6 +231,16 @@ async fn load(pool: &sqlx::PgPool) -> Result<Db, sqlx::Error> {
     )
     .fetch_all(pool)
     .await?;
+    let mut offboards: HashMap<String, Vec<String>> = HashMap::new();
+    for (org, state) in sqlx::query_as::<_, (String, String)>(
+        "select coalesce(args->>'clerk_org_id', ''), state::text from onboard.job
+          where kind = 'offboarding.close_org'",
+    )
+    .fetch_all(pool)
+    .await?
+    {
+        offboards.entry(org).or_default().push(state);
+    }
     let job_states = sqlx::query_as::<_, (String, String, i64)>(
         "select kind, state::text, count(*) from onboard.job group by 1, 2 order by 1, 2",
     )
@@ -249,6 +261,7 @@ async fn load(pool: &sqlx::PgPool) -> Result<Db, sqlx::Error> {
         users,
         memberships,
         overdue,
+        offboards,
         job_states,
         lease_expired,
     })
@@ -490,8 +503,9 @@ pub async fn check(
     }
     report.checks.push(check);
 
-    let mut check = Check::new("every organization has one saga");
-    for org in &plan.orgs {
+    // A deleted organization whose deletion was applied first is never onboarded.
+    let mut check = Check::new("every organization not deleted has one saga");
+    for org in plan.orgs.iter().filter(|o| !o.deleted) {
         check.item(sagas.contains_key(org.id.as_str()), || {
             format!("{} ({}) has no saga", org.id, org.slug)
         });
@@ -517,6 +531,8 @@ pub async fn check(
         let sent = sends[i].iter().any(|e| successful(e));
         let refused = sends[i].iter().any(|e| e.status == 422);
         let expected = match org.twilio {
+            // Cancelled by the deletion while running.
+            _ if org.deleted && saga.state == "compensated" => "compensated",
             Twilio::Fail => "compensated",
             _ if sent => "completed",
             // The creator's `fail@` address refused, and no other send went through.
@@ -570,18 +586,20 @@ pub async fn check(
     report.checks.push(check);
 
     // 7. Nothing leaked.
-    let mut check = Check::new("no active sub-account for a compensated org");
+    let mut check = Check::new("no active sub-account for a compensated or deleted org");
     for (i, org) in plan.orgs.iter().enumerate() {
-        let Some(saga) = sagas.get(org.id.as_str()) else {
-            continue;
-        };
-        if saga.state != "compensated" {
+        let compensated = sagas
+            .get(org.id.as_str())
+            .is_some_and(|saga| saga.state == "compensated");
+        if !compensated && !org.deleted {
             continue;
         }
         check.item(open_accounts[i].is_empty(), || {
             format!(
-                "{} is compensated but keeps {:?}",
+                "{} (deleted: {}, saga {:?}) keeps {:?}",
                 org.id,
+                org.deleted,
+                sagas.get(org.id.as_str()).map(|s| &s.state),
                 open_accounts[i]
                     .iter()
                     .map(|a| (&a.sid, a.status))
@@ -635,14 +653,20 @@ pub async fn check(
                     ));
                 }
                 let open: Vec<&str> = open_accounts[i].iter().map(|a| a.sid.as_str()).collect();
-                let active = providers.subaccounts.iter().any(|a| {
+                // Offboarding closes the account of a deleted organization.
+                let status = if org.deleted {
+                    AccountStatus::Closed
+                } else {
+                    AccountStatus::Active
+                };
+                let recorded = providers.subaccounts.iter().any(|a| {
                     Some(&a.sid) == sid.as_ref()
-                        && a.status == AccountStatus::Active
+                        && a.status == status
                         && a.friendly_name == org.friendly_name()
                 });
-                if !active || open.len() != 1 {
+                if !recorded || open.len() != usize::from(!org.deleted) {
                     problems.push(format!(
-                        "recorded sid {sid:?} is not the one active sub-account (open: {open:?})"
+                        "recorded sid {sid:?} is not {status:?} or not alone (open: {open:?})"
                     ));
                 }
                 if created.len() != 1 || created[0].id != sid {
@@ -651,9 +675,10 @@ pub async fn check(
                         created.iter().map(|e| &e.id).collect::<Vec<_>>()
                     ));
                 }
-                if row.map(|r| r.onboarding_status.as_str()) != Some("active") {
+                let status = if org.deleted { "deleted" } else { "active" };
+                if row.map(|r| r.onboarding_status.as_str()) != Some(status) {
                     problems.push(format!(
-                        "onboarding_status {:?}",
+                        "onboarding_status {:?}, expected {status}",
                         row.map(|r| &r.onboarding_status)
                     ));
                 }
@@ -682,9 +707,10 @@ pub async fn check(
                 }
             }
             "compensated" | "compensation_failed" => {
-                if row.map(|r| r.onboarding_status.as_str()) != Some("failed") {
+                let status = if org.deleted { "deleted" } else { "failed" };
+                if row.map(|r| r.onboarding_status.as_str()) != Some(status) {
                     problems.push(format!(
-                        "onboarding_status {:?}",
+                        "onboarding_status {:?}, expected {status}",
                         row.map(|r| &r.onboarding_status)
                     ));
                 }
@@ -713,6 +739,19 @@ pub async fn check(
     }
     report.checks.push(check);
 
+    let mut check = Check::new("every deleted org was offboarded once");
+    for org in plan.orgs.iter().filter(|o| o.deleted) {
+        let jobs = db.offboards.get(&org.id).cloned().unwrap_or_default();
+        let status = db.orgs.get(&org.id).map(|r| r.onboarding_status.as_str());
+        check.item(jobs == ["completed"] && status == Some("deleted"), || {
+            format!(
+                "{}: offboarding jobs {jobs:?}, onboarding_status {status:?}",
+                org.id
+            )
+        });
+    }
+    report.checks.push(check);
+
     // 9. The directory has every event's effect.
     let mut check = Check::new("the directory holds every user and membership");
     for org in &plan.orgs {
@@ -724,8 +763,13 @@ pub async fn check(
             let state = db
                 .memberships
                 .get(&(org.id.clone(), person.user_id.clone()));
-            check.item(state.map(String::as_str) == Some("active"), || {
-                format!("membership {} in {}: {state:?}", person.user_id, org.id)
+            // In a deleted organization every membership has ended.
+            let expected = if org.deleted { "ended" } else { "active" };
+            check.item(state.map(String::as_str) == Some(expected), || {
+                format!(
+                    "membership {} in {}: {state:?}, expected {expected}",
+                    person.user_id, org.id
+                )
             });
         }
     }

@@ -90,6 +90,7 @@ async fn run(config: Config) {
 
     let report = invariants::check(&stack, &plan, &deliveries, &settled).await;
     println!("{report}");
+    let _ = std::fs::write(stack.log_dir.join("report.txt"), report.to_string());
     stack.stop().await;
     println!(
         "fault run: seed {}, {} kills, {} PostgreSQL restarts, {} unexpected exits, wall {:.1} s",

@@ -50,6 +50,9 @@ pub struct Org {
     pub creator: Person,
     /// A second member, for half of them.
     pub member: Option<Person>,
+    /// One in ten is also deleted (`organization.deleted`, shuffled in with the rest: before,
+    /// during or after its onboarding).
+    pub deleted: bool,
 }
 
 impl Org {
@@ -173,6 +176,7 @@ impl Plan {
             let member = rng
                 .random_bool(0.5)
                 .then(|| person(&mut rng, Email::Normal));
+            let deleted = rng.random_bool(0.1);
             orgs.push(Org {
                 id: format!("org_{}", token(&mut rng, 24)),
                 slug: format!("fault-{i}-{}{suffix}", token(&mut rng, 4).to_lowercase()),
@@ -180,6 +184,7 @@ impl Plan {
                 email,
                 creator,
                 member,
+                deleted,
             });
         }
 
@@ -209,6 +214,12 @@ impl Plan {
                 add(
                     &mut rng,
                     events::membership_created(&membership, names, member, "org:member", at_ms),
+                );
+            }
+            if org.deleted {
+                add(
+                    &mut rng,
+                    events::organization_deleted(&org.id, &org.slug, at_ms + 1),
                 );
             }
         }
@@ -253,7 +264,7 @@ impl Plan {
         let deliveries: usize = self.units.iter().map(|u| u.copies).sum();
         let bursts = self.units.iter().filter(|u| u.copies > 1).count();
         format!(
-            "plan: {} orgs (twilio fail {}, flaky {}, slow {}; email fail {}, flaky {}), {} messages, \
+            "plan: {} orgs (twilio fail {}, flaky {}, slow {}; email fail {}, flaky {}; deleted {}), {} messages, \
              {} deliveries over {:.1} s ({} concurrent bursts), kills at {:?}, PostgreSQL restarts at {:?}",
             self.orgs.len(),
             count(&|o| o.twilio == Twilio::Fail),
@@ -261,6 +272,7 @@ impl Plan {
             count(&|o| o.twilio == Twilio::Slow),
             count(&|o| o.email == Email::Fail),
             count(&|o| o.email == Email::Flaky),
+            count(&|o| o.deleted),
             self.messages.len(),
             deliveries,
             self.send_over.as_secs_f64(),
