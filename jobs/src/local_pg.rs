@@ -129,11 +129,8 @@ impl LocalPostgres {
     pub fn restart_immediate(&self) -> anyhow::Result<()> {
         let log = self.root.join("postgres.log");
         let mut cmd = self.pg_command(&self.bin_dir.join("pg_ctl"));
-        cmd.arg("-D")
-            .arg(&self.data_dir)
-            .arg("-l")
-            .arg(&log)
-            .args(["-m", "immediate", "-w", "-t", "60", "restart"]);
+        cmd.arg("-D").arg(&self.data_dir).arg("-l").arg(&log);
+        cmd.args(["-m", "immediate", "-w", "-t", "60", "restart"]);
         run(&mut cmd).context("pg_ctl restart failed")
     }
 

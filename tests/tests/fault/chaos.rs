@@ -26,8 +26,8 @@ pub struct FaultLog {
     pub lines: Vec<(f64, String)>,
     /// Kills done.
     pub kills: usize,
-    /// Roles that died by themselves (and were started again).
-    pub unexpected_exits: usize,
+    /// Roles that died by themselves (and were started again), with how.
+    pub unexpected_exits: Vec<String>,
 }
 
 /// Running jobs whose lease `pid` holds (lease owners are `<queue>:<host>:<pid>:<random>`).
@@ -55,8 +55,12 @@ fn revive(roles: &mut Supervised, t0: Instant, log: &mut FaultLog) {
         .chain(std::iter::once(&mut roles.ingress));
     for role in all {
         if let Some(status) = role.exited() {
-            log.unexpected_exits += 1;
             let tail = role.log_tail(5);
+            log.unexpected_exits.push(format!(
+                "{} exited with {status} at {:.1} s",
+                role.name,
+                at(t0)
+            ));
             let pid = role.start();
             log.lines.push((
                 at(t0),

@@ -55,6 +55,15 @@ impl Report {
         self.checks.iter().all(|c| c.failures.is_empty())
     }
 
+    /// Adds a check decided elsewhere: `failures` are its evidence lines.
+    pub fn push(&mut self, name: &'static str, checked: usize, failures: Vec<String>) {
+        self.checks.push(Check {
+            name,
+            checked,
+            failures,
+        });
+    }
+
     /// The failed checks' names.
     pub fn failed_names(&self) -> Vec<&'static str> {
         self.checks
@@ -579,7 +588,9 @@ pub async fn check(
                 "{}: {} welcome emails sent: {:?}",
                 org.id,
                 ok.len(),
-                ok.iter().map(|e| (&e.key, &e.id, e.seq)).collect::<Vec<_>>()
+                ok.iter()
+                    .map(|e| (&e.key, &e.id, e.seq))
+                    .collect::<Vec<_>>()
             )
         });
     }
@@ -645,7 +656,9 @@ pub async fn check(
         let sent: Vec<&&Effect> = sends[i].iter().filter(|e| successful(e)).collect();
         match saga.state.as_str() {
             "completed" | "completed_with_errors" => {
-                let sid = output("twilio_subaccount")["sid"].as_str().map(str::to_owned);
+                let sid = output("twilio_subaccount")["sid"]
+                    .as_str()
+                    .map(str::to_owned);
                 if row.and_then(|r| r.twilio_subaccount_sid.clone()) != sid || sid.is_none() {
                     problems.push(format!(
                         "organization.twilio_subaccount_sid {:?} ≠ step output sid {sid:?}",

@@ -88,7 +88,13 @@ async fn run(config: Config) {
         println!("  {at:>7.1} s  {line}");
     }
 
-    let report = invariants::check(&stack, &plan, &deliveries, &settled).await;
+    let mut report = invariants::check(&stack, &plan, &deliveries, &settled).await;
+    // A supervisor restarts a role that crashes, and the run goes on; the crash is still a bug.
+    report.push(
+        "no role exited by itself",
+        fault_log.kills + 3,
+        fault_log.unexpected_exits.clone(),
+    );
     println!("{report}");
     let _ = std::fs::write(stack.log_dir.join("report.txt"), report.to_string());
     stack.stop().await;
@@ -97,7 +103,7 @@ async fn run(config: Config) {
         config.seed,
         fault_log.kills,
         restart_log.len(),
-        fault_log.unexpected_exits,
+        fault_log.unexpected_exits.len(),
         started.elapsed().as_secs_f64()
     );
     assert!(

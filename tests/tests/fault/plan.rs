@@ -197,7 +197,11 @@ impl Plan {
             });
         };
         for org in &orgs {
-            let names = (org.id.as_str(), org.slug.as_str(), org.creator.user_id.as_str());
+            let names = (
+                org.id.as_str(),
+                org.slug.as_str(),
+                org.creator.user_id.as_str(),
+            );
             add(
                 &mut rng,
                 events::organization_created(&org.id, &org.slug, &org.creator.user_id, at_ms),

@@ -206,7 +206,11 @@ impl Stack {
                 ("RUST_LOG".to_owned(), "info,sqlx=warn".to_owned()),
                 ("DATABASE_URL".to_owned(), database_url.clone()),
             ];
-            env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+            env.extend(
+                extra
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+            );
             env
         };
 
@@ -249,7 +253,12 @@ impl Stack {
             &log_dir,
         );
         ingress.start();
-        wait_healthy(&http, &format!("http://{ingress_addr}/healthz"), &mut ingress).await;
+        wait_healthy(
+            &http,
+            &format!("http://{ingress_addr}/healthz"),
+            &mut ingress,
+        )
+        .await;
 
         let dev = sandbox::SandboxConfig::default();
         let worker_env = base(&[

@@ -85,7 +85,10 @@ pub async fn wait_quiet(pool: &PgPool, lease: Duration, t0: Instant) -> Settled 
     loop {
         let limit = longest_lease + REAPER_ROUND + MARGIN;
         // The database may be briefly away (restart): a failed look is no progress.
-        if let Ok(snapshot) = sqlx::query_as::<_, Snapshot>(SNAPSHOT).fetch_one(pool).await {
+        if let Ok(snapshot) = sqlx::query_as::<_, Snapshot>(SNAPSHOT)
+            .fetch_one(pool)
+            .await
+        {
             let (non_terminal, live, total, finished, attempts, lease_left, overdue) = snapshot;
             longest_lease = longest_lease.max(Duration::from_secs_f64(lease_left.max(0.0)));
             most_overdue = most_overdue.max(Duration::from_secs_f64(overdue.max(0.0)));
