@@ -43,8 +43,11 @@ async fn run(config: Config) {
     let plan = plan::Plan::new(&config);
     println!("{}", plan.summary());
 
+    // PostgreSQL's own durability (synchronous_commit on): with it off, an immediate restart
+    // loses commits already acknowledged (up to 3 × wal_writer_delay), and the suite would
+    // see 204-answered deliveries vanish that no deployment loses.
     let pg = Arc::new(
-        jobs::local_pg::LocalPostgres::start(None, jobs::local_pg::Durability::Relaxed)
+        jobs::local_pg::LocalPostgres::start(None, jobs::local_pg::Durability::Full)
             .expect("start a throwaway PostgreSQL"),
     );
     let mut stack = roles::Stack::start(&pg).await;
