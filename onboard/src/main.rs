@@ -1,5 +1,6 @@
 //! The `onboard` command: parses flags and config, then calls the libraries' `run`s.
 
+mod connect;
 mod dev;
 
 use std::path::PathBuf;
@@ -190,10 +191,7 @@ async fn serve() -> anyhow::Result<()> {
 }
 
 async fn connect() -> anyhow::Result<sqlx::PgPool> {
-    let url = std::env::var("DATABASE_URL").context(
-        "DATABASE_URL is not set (or use `onboard dev`, which starts its own PostgreSQL)",
-    )?;
-    Ok(jobs::db::connect(&url, &jobs::db::PoolSettings::default()).await?)
+    connect::connect().await
 }
 
 fn sandbox_addr() -> anyhow::Result<std::net::SocketAddr> {

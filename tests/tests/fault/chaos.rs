@@ -1,5 +1,5 @@
-//! The faults: SIGKILLs of a worker at the plan's moments (each restarted after a while), a
-//! supervisor that restarts any role that dies by itself (as systemd or Kubernetes would, and
+//! The faults: SIGKILLs of a worker at the plan's moments (aimed at a moment it holds a job,
+//! each restarted after a while), a supervisor that restarts any role that dies by itself (as systemd or Kubernetes would, and
 //! counts it), and `pg_ctl restart -m immediate` under load.
 
 use std::sync::Arc;
@@ -18,6 +18,9 @@ use crate::roles::{Role, Supervised};
 pub fn lease() -> Duration {
     jobs::QueueConfig::new("any").effective_lease()
 }
+
+/// How long a kill may wait for its worker to hold a running job.
+const AIM: Duration = Duration::from_secs(5);
 
 /// What the supervisor did.
 #[derive(Debug, Default)]
@@ -77,7 +80,14 @@ async fn kill(role: &mut Role, kill: &Kill, pool: &PgPool, t0: Instant, log: &mu
     let Some(pid) = role.pid() else {
         return;
     };
-    let held = held_by(pool, pid).await;
+    // An idle worker's death tests little: strike at the first moment within `AIM` that it
+    // holds a running job (or at the end of it).
+    let aim = Instant::now();
+    let mut held = held_by(pool, pid).await;
+    while held.unwrap_or(0) == 0 && aim.elapsed() < AIM {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        held = held_by(pool, pid).await;
+    }
     role.sigkill().await;
     let killed_at = at(t0);
     // The worker stays dead for a while, as a crashed process does before it is restarted.
