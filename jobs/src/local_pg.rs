@@ -132,6 +132,17 @@ impl LocalPostgres {
         Ok(())
     }
 
+    /// Restarts the cluster the way a crash would (`pg_ctl restart -m immediate`: every
+    /// connection is cut, no checkpoint, crash recovery at start) and waits until it accepts
+    /// connections again. Fault tests use it; its settings and port are kept.
+    pub fn restart_immediate(&self) -> anyhow::Result<()> {
+        let log = self.root.join("postgres.log");
+        let mut cmd = self.pg_command(&self.bin_dir.join("pg_ctl"));
+        cmd.arg("-D").arg(&self.data_dir).arg("-l").arg(&log);
+        cmd.args(["-m", "immediate", "-w", "-t", "60", "restart"]);
+        run(&mut cmd).context("pg_ctl restart failed")
+    }
+
     /// Stops the cluster now (also done on drop).
     pub fn stop(&mut self) {
         if self.stopped {

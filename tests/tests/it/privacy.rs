@@ -12,7 +12,6 @@ use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-
 /// Every (table.column, rows) in schema `onboard` whose text, jsonb, jsonb[] or bytea value
 /// contains `needle` (case-insensitive).
 pub async fn columns_mentioning(pool: &PgPool, needle: &str) -> Vec<(String, i64)> {
