@@ -269,6 +269,8 @@ impl Stack {
             ("RESEND_API_KEY", &dev.resend_api_key),
             ("CLERK_API_BASE_URL", &sandbox_url),
             ("CLERK_SECRET_KEY", &dev.clerk_secret_key),
+            // Each worker's internal listener (health, metrics) on a port of its own.
+            ("ONBOARD_DASHBOARD_ADDR", "127.0.0.1:0"),
         ]);
         let workers = (0..2)
             .map(|i| {
