@@ -6,6 +6,7 @@ pub mod backend;
 pub mod db;
 pub mod enqueue;
 pub mod error;
+pub mod fresh_db;
 pub mod job;
 pub mod local_pg;
 pub mod maintenance;

@@ -7,23 +7,25 @@ pub mod stack;
 
 use std::future::Future;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use jobs::fresh_db::FreshDatabases;
 use jobs::local_pg::{Durability, LocalPostgres};
-use sqlx::{Connection, PgConnection, PgPool};
-use tokio::sync::OnceCell;
+use sqlx::PgPool;
 
-static CLUSTER: OnceLock<LocalPostgres> = OnceLock::new();
-static TEMPLATE: OnceCell<()> = OnceCell::const_new();
-static NEXT_DB: AtomicU32 = AtomicU32::new(0);
-const TEMPLATE_DB: &str = "onboard_template";
+static DATABASES: OnceLock<FreshDatabases> = OnceLock::new();
+
+fn databases() -> &'static FreshDatabases {
+    DATABASES.get_or_init(|| {
+        let cluster =
+            LocalPostgres::start(None, Durability::Relaxed).expect("start a throwaway PostgreSQL");
+        FreshDatabases::new(cluster, "onboard_template")
+    })
+}
 
 /// The process's cluster, started on first use.
 pub fn cluster() -> &'static LocalPostgres {
-    CLUSTER.get_or_init(|| {
-        LocalPostgres::start(None, Durability::Relaxed).expect("start a throwaway PostgreSQL")
-    })
+    databases().cluster()
 }
 
 /// A database of its own for one test.
@@ -37,46 +39,17 @@ pub struct TestDb {
 
 /// Creates a fresh, migrated database (a copy of a migrated template).
 pub async fn fresh_db() -> TestDb {
-    let pg = cluster();
-    TEMPLATE
-        .get_or_init(|| async {
-            let mut admin = PgConnection::connect(&pg.url("postgres"))
-                .await
-                .expect("connect");
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "create database {TEMPLATE_DB}"
-            )))
-            .execute(&mut admin)
-            .await
-            .expect("create template");
-            let mut conn = PgConnection::connect(&pg.url(TEMPLATE_DB))
-                .await
-                .expect("connect template");
-            jobs::db::migrator()
-                .run(&mut conn)
-                .await
-                .expect("migrate template");
-            conn.close().await.expect("close");
-        })
-        .await;
-    let name = format!(
-        "test_{}_{}",
-        std::process::id(),
-        NEXT_DB.fetch_add(1, Ordering::SeqCst)
-    );
-    let mut admin = PgConnection::connect(&pg.url("postgres"))
+    let url = databases()
+        .create("test", true)
         .await
-        .expect("connect");
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "create database {name} template {TEMPLATE_DB}"
-    )))
-    .execute(&mut admin)
-    .await
-    .expect("create test database");
-    let url = pg.url(&name);
+        .expect("create test database");
     // As large as a deployed process's pool: the worker fits its concurrency to it.
+    connect(url, jobs::db::PoolSettings::default().max_connections).await
+}
+
+async fn connect(url: String, max_connections: u32) -> TestDb {
     let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(jobs::db::PoolSettings::default().max_connections)
+        .max_connections(max_connections)
         .connect(&url)
         .await
         .expect("connect test database");
@@ -113,24 +86,9 @@ pub async fn job_state(pool: &PgPool, id: i64) -> String {
 
 /// Creates an empty database (no migrations applied), for upgrade tests.
 pub async fn empty_db() -> TestDb {
-    let pg = cluster();
-    let name = format!(
-        "empty_{}_{}",
-        std::process::id(),
-        NEXT_DB.fetch_add(1, Ordering::SeqCst)
-    );
-    let mut admin = PgConnection::connect(&pg.url("postgres"))
-        .await
-        .expect("connect");
-    sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}")))
-        .execute(&mut admin)
+    let url = databases()
+        .create("empty", false)
         .await
         .expect("create empty database");
-    let url = pg.url(&name);
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(20)
-        .connect(&url)
-        .await
-        .expect("connect empty database");
-    TestDb { url, pool }
+    connect(url, 20).await
 }

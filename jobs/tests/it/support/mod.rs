@@ -7,28 +7,25 @@ pub mod worker;
 
 use std::future::Future;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use jobs::fresh_db::FreshDatabases;
 use jobs::local_pg::{Durability, LocalPostgres};
 use jobs::{NewJob, enqueue};
-use sqlx::{Connection, PgConnection, PgPool};
-use tokio::sync::OnceCell;
+use sqlx::PgPool;
 
-static CLUSTER: OnceLock<LocalPostgres> = OnceLock::new();
-static TEMPLATE: OnceCell<()> = OnceCell::const_new();
-static NEXT_DB: AtomicU32 = AtomicU32::new(0);
-const TEMPLATE_DB: &str = "jobs_template";
+static DATABASES: OnceLock<FreshDatabases> = OnceLock::new();
+
+fn databases() -> &'static FreshDatabases {
+    DATABASES.get_or_init(|| {
+        let cluster =
+            LocalPostgres::start(None, Durability::Relaxed).expect("start a throwaway PostgreSQL");
+        FreshDatabases::new(cluster, "jobs_template")
+    })
+}
 
 /// How long a test waits for a condition before it fails.
 pub const DEADLINE: Duration = Duration::from_secs(60);
-
-/// The process's cluster, started on first use.
-pub fn cluster() -> &'static LocalPostgres {
-    CLUSTER.get_or_init(|| {
-        LocalPostgres::start(None, Durability::Relaxed).expect("start a throwaway PostgreSQL")
-    })
-}
 
 /// A database of its own for one test.
 #[derive(Debug, Clone)]
@@ -83,43 +80,10 @@ impl TestDb {
 
 /// Creates a fresh, migrated database (a copy of a migrated template).
 pub async fn fresh_db() -> TestDb {
-    let pg = cluster();
-    TEMPLATE
-        .get_or_init(|| async {
-            let mut admin = PgConnection::connect(&pg.url("postgres"))
-                .await
-                .expect("connect");
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "create database {TEMPLATE_DB}"
-            )))
-            .execute(&mut admin)
-            .await
-            .expect("create template");
-            let mut conn = PgConnection::connect(&pg.url(TEMPLATE_DB))
-                .await
-                .expect("connect template");
-            jobs::db::migrator()
-                .run(&mut conn)
-                .await
-                .expect("migrate template");
-            conn.close().await.expect("close");
-        })
-        .await;
-    let name = format!(
-        "test_{}_{}",
-        std::process::id(),
-        NEXT_DB.fetch_add(1, Ordering::SeqCst)
-    );
-    let mut admin = PgConnection::connect(&pg.url("postgres"))
+    let url = databases()
+        .create("test", true)
         .await
-        .expect("connect");
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "create database {name} template {TEMPLATE_DB}"
-    )))
-    .execute(&mut admin)
-    .await
-    .expect("create test database");
-    let url = pg.url(&name);
+        .expect("create test database");
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(20)
         .connect(&url)
