@@ -163,9 +163,13 @@ where
                 .capped(shared.config.max_delay);
             let outcome = verdict.outcome(&ctx);
             crate::metrics::attempt(&ctx.queue, &ctx.kind, outcome, started.elapsed());
-            let _ = shared
-                .acks
-                .send(AckMessage::Outcome(Outcome { ctx, verdict }));
+            let outcome = Outcome { ctx, verdict };
+            if outcome.ctx.is_settled() {
+                // The handler's own committed transaction recorded the outcome.
+                settle(&shared, std::slice::from_ref(&outcome));
+            } else {
+                let _ = shared.acks.send(AckMessage::Outcome(outcome));
+            }
             Ok(())
         })
     }
