@@ -117,6 +117,8 @@ pub(crate) async fn run_fetcher<Args: JobArgs>(
     let _ = tokio::time::timeout(Duration::from_secs(5), listening).await;
     let batch = shared.config.batch_size.max(1);
     let mut restricted = false;
+    // The last claim got all it asked for: more rows are probably waiting.
+    let mut backlog = false;
     let mut failures = 0u32;
     loop {
         if shared.draining.is_cancelled() {
@@ -129,6 +131,11 @@ pub(crate) async fn run_fetcher<Args: JobArgs>(
         let Ok(first) = first else { return };
         first.forget();
         let mut wanted = 1;
+        if backlog {
+            // Rows are waiting: gather a fuller batch (fewer, larger claims) for a moment.
+            let more = gather(&shared, batch).await;
+            wanted += more;
+        }
         // Top up to a full batch with whatever is free now (another fetcher may take it first).
         let extra = shared.capacity.available_permits().min(batch - 1);
         if let Ok(permits) = shared
@@ -159,6 +166,7 @@ pub(crate) async fn run_fetcher<Args: JobArgs>(
         };
         restricted = claimed.restricted;
         let got = claimed.rows.len();
+        backlog = got == wanted && !restricted;
         shared.capacity.add_permits(wanted - got);
         for row in claimed.rows {
             if let Some(task) = to_task::<Args>(&shared, &row)
@@ -178,6 +186,31 @@ pub(crate) async fn run_fetcher<Args: JobArgs>(
             delay = delay.min(CAP_RECHECK);
         }
         wait(&shared, delay).await;
+    }
+}
+
+/// How long a fetcher facing a backlog waits for more free slots before it claims.
+const GATHER: Duration = Duration::from_millis(2);
+
+/// Waits up to [`GATHER`] for half a batch of free slots (beyond the one already taken) and
+/// takes them; returns how many it took (none when they did not free up in time).
+async fn gather(shared: &Shared, batch: usize) -> usize {
+    let half = (batch / 2).min(shared.config.max_in_flight / 2);
+    let Some(more) = half.checked_sub(1).filter(|more| *more > 0) else {
+        return 0;
+    };
+    let acquire = shared
+        .capacity
+        .acquire_many(u32::try_from(more).unwrap_or(u32::MAX));
+    tokio::select! {
+        permits = tokio::time::timeout(GATHER, acquire) => match permits {
+            Ok(Ok(permits)) => {
+                permits.forget();
+                more
+            }
+            _ => 0,
+        },
+        () = shared.draining.cancelled() => 0,
     }
 }
 
