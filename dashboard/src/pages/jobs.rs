@@ -125,11 +125,8 @@ pub async fn detail(
         .ok_or_else(|| PageError(ApiError::not_found(format!("no job {id}"))))?;
     let j = &job.job;
     let here = format!("/jobs/{id}");
-    let waiting = matches!(j.state.as_str(), "available" | "scheduled" | "retryable");
-    // Buttons the saga would refuse are not shown (the API refuses them too).
-    let saga = crate::saga_step::saga_of_job(&s.pool, id).await?;
-    let can_retry = j.state != "running" && crate::saga_step::check_retry(saga.as_ref()).is_ok();
-    let can_stop = crate::saga_step::check_stop(saga.as_ref()).is_ok();
+    // Only the buttons the action would accept are shown (the API refuses the others too).
+    let allowed = read::jobs::allowed(&s.pool, j).await?;
     let live = html! {
         div.cards {
             div.card {
@@ -143,10 +140,10 @@ pub async fn detail(
                 @if let Some(saga) = job.onboarding_id { p { "step of " a #saga-link href={ "/onboardings/" (saga) } { "onboarding " (saga) } } }
                 @if caller.can_act() {
                     p #actions {
-                        @if can_retry { (action(&caller, &format!("/jobs/{id}/retry"), "retry", &here, false)) " " }
-                        @if can_stop && (waiting || j.state == "running") { (action(&caller, &format!("/jobs/{id}/cancel"), "cancel", &here, true)) " " }
-                        @if can_stop && waiting { (action(&caller, &format!("/jobs/{id}/discard"), "discard", &here, true)) }
-                        @if let Some(saga) = &saga { span.muted { " (onboarding " (saga.id) " is " (saga.state) ")" } }
+                        @if allowed.retry { (action(&caller, &format!("/jobs/{id}/retry"), "retry", &here, false)) " " }
+                        @if allowed.cancel { (action(&caller, &format!("/jobs/{id}/cancel"), "cancel", &here, true)) " " }
+                        @if allowed.discard { (action(&caller, &format!("/jobs/{id}/discard"), "discard", &here, true)) }
+                        @if let Some(saga) = &allowed.saga { span.muted { " (onboarding " (saga.0) " is " (saga.1) ")" } }
                     }
                 }
             }

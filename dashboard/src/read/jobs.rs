@@ -225,3 +225,42 @@ pub async fn get(pool: &PgPool, id: i64) -> Result<Option<JobDetail>, sqlx::Erro
 pub fn saga_of(args: &Value) -> Option<i64> {
     args.get("onboarding_id").and_then(Value::as_i64)
 }
+
+/// The actions on a job its state allows (and, for a saga's job, its saga).
+#[derive(Debug, Clone, Serialize)]
+pub struct Allowed {
+    /// Retry (run now).
+    pub retry: bool,
+    /// Cancel.
+    pub cancel: bool,
+    /// Discard.
+    pub discard: bool,
+    /// The saga of a saga's step or compensation job: its id and state.
+    #[serde(skip)]
+    pub saga: Option<(i64, String)>,
+}
+
+/// What the job's actions would accept now: a saga's job as the saga decides
+/// (`onboarding::saga::step_job_actions`), any other job by its state, as `jobs::admin` does.
+pub async fn allowed(pool: &PgPool, job: &JobRow) -> Result<Allowed, sqlx::Error> {
+    use onboarding::saga::SagaError;
+    let mut conn = pool.acquire().await?;
+    match onboarding::saga::step_job_actions(&mut conn, job.id).await {
+        Ok(a) => Ok(Allowed {
+            retry: a.retry,
+            cancel: a.cancel,
+            discard: a.discard,
+            saga: Some((a.onboarding_id, a.saga_state)),
+        }),
+        Err(SagaError::Database(e)) => Err(e),
+        Err(_) => {
+            let waiting = matches!(job.state.as_str(), "available" | "scheduled" | "retryable");
+            Ok(Allowed {
+                retry: job.state != "running",
+                cancel: waiting || job.state == "running",
+                discard: waiting,
+                saga: None,
+            })
+        }
+    }
+}
