@@ -81,6 +81,8 @@ impl Verdict {
 pub(crate) struct Outcome {
     pub(crate) ctx: JobContext,
     pub(crate) verdict: Verdict,
+    /// How long the attempt ran (zero when it never started).
+    pub(crate) elapsed: Duration,
 }
 
 #[derive(Debug)]
@@ -162,10 +164,13 @@ where
                 .await
                 .capped(shared.config.max_delay);
             let outcome = verdict.outcome(&ctx);
-            crate::metrics::attempt(&ctx.queue, &ctx.kind, outcome, started.elapsed());
-            let _ = shared
-                .acks
-                .send(AckMessage::Outcome(Outcome { ctx, verdict }));
+            let elapsed = started.elapsed();
+            crate::metrics::attempt(&ctx.queue, &ctx.kind, outcome, elapsed);
+            let _ = shared.acks.send(AckMessage::Outcome(Outcome {
+                ctx,
+                verdict,
+                elapsed,
+            }));
             Ok(())
         })
     }
@@ -403,6 +408,7 @@ async fn write_each(shared: &Shared, batch: &mut Vec<Outcome>) {
                 let minimal = outcome.verdict.minimal().map(|verdict| Outcome {
                     ctx: outcome.ctx.clone(),
                     verdict,
+                    elapsed: outcome.elapsed,
                 });
                 let stored = match &minimal {
                     Some(minimal) => write(shared, std::slice::from_ref(minimal)).await,
@@ -487,22 +493,15 @@ async fn write(shared: &Shared, batch: &[Outcome]) -> Result<(), sqlx::Error> {
                 delay,
                 error_kind,
             } => {
-                fail(&mut tx, shared, ctx, message, error_kind, false, *delay).await?;
+                let record = error_record(shared, ctx, message, error_kind, outcome.elapsed);
+                fail(&mut tx, ctx, message, record, false, *delay).await?;
             }
             Verdict::Discard {
                 message,
                 error_kind,
             } => {
-                fail(
-                    &mut tx,
-                    shared,
-                    ctx,
-                    message,
-                    error_kind,
-                    true,
-                    Duration::ZERO,
-                )
-                .await?;
+                let record = error_record(shared, ctx, message, error_kind, outcome.elapsed);
+                fail(&mut tx, ctx, message, record, true, Duration::ZERO).await?;
             }
             Verdict::Snooze(delay) => {
                 sqlx::query(SNOOZE)
@@ -521,6 +520,7 @@ async fn write(shared: &Shared, batch: &[Outcome]) -> Result<(), sqlx::Error> {
                         ctx,
                         message,
                         "cancelled",
+                        outcome.elapsed,
                     )))
                     .execute(&mut *tx)
                     .await?;
@@ -532,10 +532,9 @@ async fn write(shared: &Shared, batch: &[Outcome]) -> Result<(), sqlx::Error> {
 
 async fn fail(
     tx: &mut sqlx::PgConnection,
-    shared: &Shared,
     ctx: &JobContext,
     message: &str,
-    error_kind: &str,
+    record: serde_json::Value,
     permanent: bool,
     delay: Duration,
 ) -> Result<(), sqlx::Error> {
@@ -545,25 +544,26 @@ async fn fail(
         .bind(ctx.attempt)
         .bind(permanent)
         .bind(millis(delay))
-        .bind(sqlx::types::Json(error_record(
-            shared, ctx, message, error_kind,
-        )))
+        .bind(sqlx::types::Json(record))
         .execute(tx)
         .await?;
     Ok(())
 }
 
-/// One entry of `job.errors`: what an operator reads on the dashboard.
+/// One entry of `job.errors`: what an operator reads on the dashboard. `at` is when the
+/// outcome was recorded, `duration_ms` how long the attempt ran.
 pub(crate) fn error_record(
     shared: &Shared,
     ctx: &JobContext,
     message: &str,
     kind: &str,
+    elapsed: Duration,
 ) -> serde_json::Value {
     serde_json::json!({
         "attempt": ctx.attempt,
         "at": chrono::Utc::now(),
         "worker": shared.owner,
+        "duration_ms": millis(elapsed),
         "message": crate::error::storable(message),
         "kind": kind,
     })
