@@ -149,17 +149,18 @@ pub async fn detail(
             }
             div.card { h2 { "args" } pre { (serde_json::to_string_pretty(&crate::mask::json(&j.args.0, false)).unwrap_or_default()) } }
         }
-        h2 { "Attempts that failed" }
-        table #errors {
-            tr { th { "attempt" } th { "at" } th { "worker" } th { "kind" } th { "error" } }
-            @for e in &job.errors {
+        h2 { "Attempts" }
+        table #attempts {
+            tr { th { "attempt" } th { "started" } th { "ended" } th { "duration" } th { "worker" } th { "outcome" } th { "error" } }
+            @for a in &job.attempts {
                 tr {
-                    td { (e["attempt"]) } td { (e["at"].as_str().unwrap_or("")) } td { code { (e["worker"].as_str().unwrap_or("")) } }
-                    td { (e["kind"].as_str().unwrap_or("")) } td.error { (crate::mask::text(e["message"].as_str().unwrap_or(""), false)) }
+                    td { (a.attempt) } td { (time_opt(a.started_at.as_ref())) } td { (time_opt(a.ended_at.as_ref())) }
+                    td.duration { (duration(a.duration_ms)) } td { code { (a.worker.as_deref().unwrap_or("")) } }
+                    td { (state(&a.outcome)) } td.error { (crate::mask::text(a.error.as_deref().unwrap_or(""), false)) }
                 }
             }
         }
-        @if job.errors.is_empty() { p.muted { "No failed attempt." } }
+        @if job.attempts.is_empty() { p.muted { "Not attempted yet." } }
     };
     Ok(layout::page(
         &caller,
@@ -168,4 +169,14 @@ pub async fn detail(
         html! {},
         live,
     ))
+}
+
+/// A duration in milliseconds as an operator reads it.
+fn duration(ms: Option<i64>) -> String {
+    match ms {
+        None => String::new(),
+        Some(ms) if ms < 1000 => format!("{ms} ms"),
+        Some(ms) if ms < 60_000 => format!("{:.1} s", ms as f64 / 1000.0),
+        Some(ms) => format!("{} min {} s", ms / 60_000, (ms % 60_000) / 1000),
+    }
 }

@@ -178,10 +178,85 @@ pub struct JobDetail {
     pub unique_key: Option<String>,
     /// An operator asked it to stop.
     pub cancel_requested: bool,
-    /// Every failed attempt: `{attempt, at, worker, message, kind}`.
+    /// Every failed attempt as the queue recorded it: `{attempt, at, worker, duration_ms,
+    /// message, kind}`.
     pub errors: Vec<Value>,
+    /// Every attempt, oldest first: the failed ones, then the last one if it did not fail.
+    pub attempts: Vec<Attempt>,
     /// The saga it is a step of.
     pub onboarding_id: Option<i64>,
+}
+
+/// One attempt of a job.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Attempt {
+    /// Its number, from 1.
+    pub attempt: i64,
+    /// When it started (known for the last attempt, and for failed ones that recorded a
+    /// duration).
+    pub started_at: Option<Time>,
+    /// When it ended (a running one has not).
+    pub ended_at: Option<Time>,
+    /// How long it ran, in milliseconds.
+    pub duration_ms: Option<i64>,
+    /// The worker that ran it, when known.
+    pub worker: Option<String>,
+    /// How it ended: the error kind of a failed attempt (`error`, `timeout`, `permanent`,
+    /// `cancelled`, `lease_expired`, …), `completed`, or `running`.
+    pub outcome: String,
+    /// The error text of a failed attempt.
+    pub error: Option<String>,
+}
+
+/// Every attempt of a job, from its `errors` history and its last attempt's columns.
+pub fn attempts(
+    job: &JobRow,
+    errors: &[Value],
+    attempted_at: Option<Time>,
+    lease_owner: Option<&str>,
+) -> Vec<Attempt> {
+    let mut out: Vec<Attempt> = errors
+        .iter()
+        .map(|e| {
+            let ended_at = e["at"]
+                .as_str()
+                .and_then(|t| t.parse::<Time>().ok());
+            let duration_ms = e["duration_ms"].as_i64();
+            Attempt {
+                attempt: e["attempt"].as_i64().unwrap_or_default(),
+                started_at: ended_at
+                    .zip(duration_ms)
+                    .map(|(end, ms)| end - chrono::Duration::milliseconds(ms)),
+                ended_at,
+                duration_ms,
+                worker: e["worker"].as_str().map(str::to_owned),
+                outcome: e["kind"].as_str().unwrap_or("error").to_owned(),
+                error: e["message"].as_str().map(str::to_owned),
+            }
+        })
+        .collect();
+    let last = i64::from(job.attempt);
+    let recorded = out.iter().any(|a| a.attempt == last);
+    if last > 0 && !recorded {
+        let ended_at = match job.state.as_str() {
+            "running" => None,
+            _ => job.finalized_at,
+        };
+        if matches!(job.state.as_str(), "running" | "completed") {
+            out.push(Attempt {
+                attempt: last,
+                started_at: attempted_at,
+                ended_at,
+                duration_ms: attempted_at
+                    .zip(ended_at)
+                    .map(|(start, end)| (end - start).num_milliseconds()),
+                worker: lease_owner.map(str::to_owned),
+                outcome: job.state.clone(),
+                error: None,
+            });
+        }
+    }
+    out
 }
 
 #[derive(sqlx::FromRow)]
@@ -208,6 +283,8 @@ pub async fn get(pool: &PgPool, id: i64) -> Result<Option<JobDetail>, sqlx::Erro
     .await?;
     Ok(row.map(|r| {
         let onboarding_id = saga_of(&r.job.args.0);
+        let errors: Vec<Value> = r.errors.into_iter().map(|e| e.0).collect();
+        let attempts = attempts(&r.job, &errors, r.attempted_at, r.lease_owner.as_deref());
         JobDetail {
             job: r.job,
             lease_owner: r.lease_owner,
@@ -215,7 +292,8 @@ pub async fn get(pool: &PgPool, id: i64) -> Result<Option<JobDetail>, sqlx::Erro
             attempted_at: r.attempted_at,
             unique_key: r.unique_key,
             cancel_requested: r.cancel_requested,
-            errors: r.errors.into_iter().map(|e| e.0).collect(),
+            errors,
+            attempts,
             onboarding_id,
         }
     }))
