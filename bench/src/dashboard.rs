@@ -188,9 +188,30 @@ pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
+    // The login form's CSRF token (double submit: its cookie and its hidden field).
+    let form = http.get(format!("{base}/login")).send().await?;
+    let form_cookie = form
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .ok_or_else(|| anyhow::anyhow!("the login form set no cookie"))?
+        .to_owned();
+    let page = form.text().await?;
+    let field = "name=\"login_csrf\" value=\"";
+    let token = page
+        .find(field)
+        .and_then(|start| page[start + field.len()..].split('"').next())
+        .ok_or_else(|| anyhow::anyhow!("the login form has no CSRF field"))?
+        .to_owned();
     let login = http
         .post(format!("{base}/login"))
-        .form(&[("name", "bench"), ("password", "bench password 123")])
+        .header("cookie", form_cookie)
+        .form(&[
+            ("name", "bench"),
+            ("password", "bench password 123"),
+            ("login_csrf", token.as_str()),
+        ])
         .send()
         .await?;
     let cookie = login

@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use dashboard::account::Role;
-use integration_tests::dashboard::{Dashboard, PASSWORD, Session, bearer, client, post_login};
+use integration_tests::dashboard::{
+    Dashboard, PASSWORD, Session, bearer, client, login_form, post_login,
+};
 use integration_tests::stack::{Stack, StackOptions, organization_created, user_created};
 use integration_tests::{fresh_db, wait_for};
 use reqwest::header::{COOKIE, HeaderMap, HeaderValue};
@@ -123,6 +125,65 @@ async fn login_sets_a_strict_httponly_cookie_secure_behind_an_https_proxy() {
     );
     assert_eq!(s.get("/jobs").await.status(), StatusCode::OK);
     assert_eq!(audit_results(&db.pool, "login").await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_login_post_without_its_forms_csrf_token_or_cookie_is_403_and_logs_nobody_in() {
+    let db = fresh_db().await;
+    add_ops(&db.pool).await;
+    let d = Dashboard::spawn(db.pool.clone()).await;
+    let (cookie, token) = login_form(&d, HeaderMap::new()).await;
+    let (_, other_token) = login_form(&d, HeaderMap::new()).await;
+    let post = |cookie: Option<&str>, token: Option<&str>| {
+        let mut fields = vec![("name", "olga"), ("password", PASSWORD)];
+        if let Some(token) = token {
+            fields.push(("login_csrf", token));
+        }
+        let mut request = client().post(d.url("/login")).form(&fields);
+        if let Some(cookie) = cookie {
+            request = request.header(COOKIE, cookie.to_owned());
+        }
+        request.send()
+    };
+    // A cross-site form has no cookie of ours, and cannot read the token of our form.
+    for (what, c, t) in [
+        ("neither", None, None),
+        ("no token", Some(cookie.as_str()), None),
+        ("no cookie", None, Some(token.as_str())),
+        ("another form's token", Some(cookie.as_str()), Some(other_token.as_str())),
+        ("an empty token", Some("onboard_login="), Some("")),
+    ] {
+        let r = post(c, t).await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{what}");
+        let sets_session = r
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .any(|v| v.to_str().unwrap().starts_with("onboard_session="));
+        assert!(!sets_session, "{what}: no session");
+    }
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>("select count(*) from onboard.operator_session")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap(),
+        0
+    );
+    // The form's own token with its cookie logs in.
+    let r = post(Some(&cookie), Some(&token)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(
+        r.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .starts_with("onboard_session=")
+    );
+    let results: Vec<String> = audit_results(&db.pool, "login")
+        .await
+        .into_iter()
+        .map(|r| r.2)
+        .collect();
+    assert_eq!(results, ["csrf", "csrf", "csrf", "csrf", "csrf", "ok"]);
 }
 
 async fn add_ops(pool: &PgPool) {
