@@ -81,7 +81,7 @@ fn quantile(sorted: &[Duration], q: f64) -> f64 {
 }
 
 /// The dashboard's queries as run for these pages (representative parameters), for `EXPLAIN`.
-const QUERIES: [(&str, &str); 17] = [
+const QUERIES: [(&str, &str); 19] = [
     (
         "jobs, newest first",
         "select id from onboard.job order by id desc limit 50",
@@ -104,7 +104,7 @@ const QUERIES: [(&str, &str); 17] = [
     ),
     (
         "live args search",
-        "select id from onboard.job where id in (select id from onboard.job where state in ('available', 'scheduled', 'retryable') and args::text ilike '%msg_l777%' union all select id from onboard.job where state = 'running' and args::text ilike '%msg_l777%') order by id desc limit 50",
+        "select id from (select * from onboard.job where state in ('available', 'scheduled', 'retryable') and args::text ilike '%msg_l777%' union all select * from onboard.job where state = 'running' and args::text ilike '%msg_l777%') job where true order by id desc limit 50",
     ),
     (
         "onboardings by name",
@@ -124,7 +124,15 @@ const QUERIES: [(&str, &str); 17] = [
     ),
     (
         "queues",
-        "select queue, count(*) filter (where run_at <= now()), min(run_at) from onboard.job where state in ('available', 'scheduled', 'retryable') group by queue",
+        "select queue, count(*) filter (where run_at <= now()), min(run_at) from (select queue, run_at from onboard.job where state = 'available' union all select queue, run_at from onboard.job where state in ('scheduled', 'retryable')) l group by queue",
+    ),
+    (
+        "oldest available, per queue",
+        "select id, queue, extract(epoch from now() - run_at)::float8 from onboard.job where state = 'available' and queue = 'email' and run_at <= now() order by queue, priority, run_at, id limit 1",
+    ),
+    (
+        "oldest due waiting, per queue",
+        "select id, queue, extract(epoch from now() - run_at)::float8 from onboard.job where state in ('scheduled', 'retryable') and queue = 'email' and run_at <= now() order by queue, run_at limit 1",
     ),
     (
         "overview capped finished",

@@ -37,7 +37,30 @@ impl JobFilter {
         }
     }
 
-    fn push_where(&self, sql: &mut QueryBuilder<Postgres>, org_jobs: Option<Vec<i64>>) {
+    /// Pushes ` from … where …`. A text search reads its rows from the live jobs that match
+    /// it (waiting ones through the trigram index `job_waiting_args_trgm_idx`, running ones,
+    /// few, through `job_running_idx`), so neither the order by id nor the other filters can
+    /// make the plan walk the whole table.
+    fn push_from_where(&self, sql: &mut QueryBuilder<Postgres>, org_jobs: Option<Vec<i64>>) {
+        match &self.q {
+            Some(q) => {
+                let pattern = format!("%{}%", like_escape(q));
+                sql.push(
+                    " from (select * from onboard.job
+                             where state in ('available', 'scheduled', 'retryable') and args::text ilike ",
+                )
+                .push_bind(pattern.clone())
+                .push(
+                    " union all select * from onboard.job
+                             where state = 'running' and args::text ilike ",
+                )
+                .push_bind(pattern)
+                .push(") job");
+            }
+            None => {
+                sql.push(" from onboard.job");
+            }
+        }
         sql.push(" where true");
         if let Some(state) = &self.state {
             if STATES.contains(&state.as_str()) {
@@ -57,21 +80,6 @@ impl JobFilter {
         if let Some(ids) = org_jobs {
             // The org's job ids are looked up first (two partial indexes), then fetched by id.
             sql.push(" and id = any(").push_bind(ids).push(")");
-        }
-        if let Some(q) = &self.q {
-            // Only live jobs are searched: their partial indexes bound the scan.
-            let pattern = format!("%{}%", like_escape(q));
-            sql.push(
-                " and id in (select id from onboard.job
-                              where state in ('available', 'scheduled', 'retryable') and args::text ilike ",
-            )
-            .push_bind(pattern.clone())
-            .push(
-                " union all select id from onboard.job
-                             where state = 'running' and args::text ilike ",
-            )
-            .push_bind(pattern)
-            .push(")");
         }
     }
 
@@ -131,7 +139,7 @@ pub struct JobRow {
     pub args: sqlx::types::Json<Value>,
 }
 
-const JOB_COLUMNS: &str = "select id, queue, kind, state::text as state, attempt, max_attempts, run_at, created_at, finalized_at, args from onboard.job";
+const JOB_COLUMNS: &str = "select id, queue, kind, state::text as state, attempt, max_attempts, run_at, created_at, finalized_at, args";
 
 /// Jobs matching `filter`, newest first, with ids below `before`.
 pub async fn list(
@@ -142,7 +150,7 @@ pub async fn list(
 ) -> Result<Vec<JobRow>, sqlx::Error> {
     let org_jobs = filter.org_jobs(pool).await?;
     let mut sql = QueryBuilder::new(JOB_COLUMNS);
-    filter.push_where(&mut sql, org_jobs);
+    filter.push_from_where(&mut sql, org_jobs);
     if let Some(before) = before {
         sql.push(" and id < ").push_bind(before);
     }
@@ -153,8 +161,8 @@ pub async fn list(
 /// Ids of every job matching `filter` (a bulk action on a filter), at most `cap`.
 pub async fn ids(pool: &PgPool, filter: &JobFilter, cap: i64) -> Result<Vec<i64>, sqlx::Error> {
     let org_jobs = filter.org_jobs(pool).await?;
-    let mut sql = QueryBuilder::new("select id from onboard.job");
-    filter.push_where(&mut sql, org_jobs);
+    let mut sql = QueryBuilder::new("select id");
+    filter.push_from_where(&mut sql, org_jobs);
     sql.push(" order by id desc limit ").push_bind(cap);
     sql.build_query_scalar()
         .persistent(false)
