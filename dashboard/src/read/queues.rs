@@ -29,13 +29,17 @@ pub struct QueueRow {
     pub limits_set_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+// Live rows are read through the fetch's partial indexes, one branch each (`job_available_idx`,
+// `job_waiting_idx`): a single `state in (…)` matches neither index and scans the table.
 const QUEUES: &str = "
 with live as (
     select queue,
            count(*) filter (where run_at <= now()) as available,
            count(*) filter (where run_at > now()) as waiting,
            extract(epoch from now() - min(run_at) filter (where run_at <= now()))::float8 as oldest_age_s
-      from onboard.job where state in ('available', 'scheduled', 'retryable')
+      from (select queue, run_at from onboard.job where state = 'available'
+            union all
+            select queue, run_at from onboard.job where state in ('scheduled', 'retryable')) l
      group by queue
 ), running as (
     select queue, count(*) as running from onboard.job where state = 'running' group by queue
