@@ -13,8 +13,9 @@ mod operator;
 mod reconcile;
 
 pub use operator::{
-    JobCancelled, SagaError, StepJobActions, cancel, cancel_now, cancel_step_job,
-    cancel_step_job_now, discard_step_job, restart, retry, retry_step_job, step_job_actions,
+    JobCancelled, SagaActions, SagaError, StepJobActions, cancel, cancel_now, cancel_step_job,
+    cancel_step_job_now, discard_step_job, restart, retry, retry_step_job, saga_actions,
+    step_job_actions,
 };
 pub use reconcile::{
     RECONCILE_EVERY, RECONCILE_KIND, Reconciled, reconcile, reconcile_job, stranded,

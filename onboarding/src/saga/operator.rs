@@ -112,17 +112,53 @@ async fn lock_existing(conn: &mut PgConnection, id: i64) -> Result<Saga, SagaErr
     lock(conn, id).await?.ok_or(SagaError::NotFound(id))
 }
 
-async fn refuse_deleted(conn: &mut PgConnection, saga: &Saga) -> Result<(), SagaError> {
+async fn org_deleted(conn: &mut PgConnection, saga: &Saga) -> Result<bool, sqlx::Error> {
     let deleted: Option<bool> = sqlx::query_scalar(
         "select deleted_at is not null from onboard.organization where clerk_org_id = $1",
     )
     .bind(&saga.clerk_org_id)
     .fetch_optional(conn)
     .await?;
-    if deleted == Some(true) {
+    Ok(deleted == Some(true))
+}
+
+async fn refuse_deleted(conn: &mut PgConnection, saga: &Saga) -> Result<(), SagaError> {
+    if org_deleted(conn, saga).await? {
         return Err(SagaError::OrganizationDeleted(saga.clerk_org_id.clone()));
     }
     Ok(())
+}
+
+/// What an operator may do with a saga now, as [`restart`], [`retry`] and [`cancel`] would
+/// decide (to show only the allowed actions).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SagaActions {
+    /// [`restart`] would restart it.
+    pub restart: bool,
+    /// [`retry`] would retry its failed step or compensation.
+    pub retry: bool,
+    /// [`cancel`] would cancel it (it is running, before its point of no return).
+    pub cancel: bool,
+}
+
+/// Checks only (no lock, no change): the actions on saga `id` allowed now.
+pub async fn saga_actions(conn: &mut PgConnection, id: i64) -> Result<SagaActions, SagaError> {
+    let saga = super::read(conn, id).await?.ok_or(SagaError::NotFound(id))?;
+    let deleted = org_deleted(conn, &saga).await?;
+    let (failed, committed): (bool, bool) = sqlx::query_as(
+        "select exists (select 1 from onboard.onboarding_step where onboarding_id = $1 and state = 'failed'),
+                exists (select 1 from onboard.onboarding_step where onboarding_id = $1 and name = $2 and state = 'done')",
+    )
+    .bind(id)
+    .bind(POINT_OF_NO_RETURN)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(SagaActions {
+        restart: saga.state == "compensated" && !deleted,
+        retry: (saga.state == "completed_with_errors" && failed)
+            || saga.state == "compensation_failed",
+        cancel: saga.state == "running" && !committed,
+    })
 }
 
 /// Starts the saga's next run: cancels every live job of the current one, so none of them
