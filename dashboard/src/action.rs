@@ -96,11 +96,12 @@ async fn job_unaudited(pool: &PgPool, id: i64, action: JobAction) -> Result<Valu
     // A saga's step or compensation job goes through the saga's own actions; any other job
     // (`not_a_saga_job`) through the queue's.
     let saga_action = match action {
-        JobAction::Retry => in_tx(pool, |tx| {
-            Box::pin(onboarding::saga::retry_step_job(tx, id))
-        })
-        .await
-        .map(|()| ()),
+        JobAction::Retry => {
+            in_tx(pool, |tx| {
+                Box::pin(onboarding::saga::retry_step_job(tx, id))
+            })
+            .await
+        }
         JobAction::Cancel => onboarding::saga::cancel_step_job_now(pool, id)
             .await
             .map(|_| ()),
@@ -113,7 +114,9 @@ async fn job_unaudited(pool: &PgPool, id: i64, action: JobAction) -> Result<Valu
     match saga_action {
         Ok(()) => {}
         Err(onboarding::saga::SagaError::NotASagaJob(_)) => match action {
-            JobAction::Retry => jobs::admin::retry_now(pool, id).await.map_err(admin_error)?,
+            JobAction::Retry => jobs::admin::retry_now(pool, id)
+                .await
+                .map_err(admin_error)?,
             JobAction::Cancel => {
                 jobs::admin::cancel(pool, id).await.map_err(admin_error)?;
             }

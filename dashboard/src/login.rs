@@ -132,21 +132,15 @@ async fn login(
     let next = safe_next(c.next.as_deref()).to_owned();
     let name: String = c.name.trim().chars().take(64).collect();
     if !login_csrf_ok(&headers, c.login_csrf.as_deref()) {
-        audit::record(
-            &state.pool,
-            &name,
-            "login",
-            "dashboard",
-            "csrf",
-            json!({}),
-        )
-        .await;
+        audit::record(&state.pool, &name, "login", "dashboard", "csrf", json!({})).await;
         return form_response(
             &state,
             &headers,
             StatusCode::FORBIDDEN,
             &next,
-            Some("This login form has expired or did not come from this site; please log in again."),
+            Some(
+                "This login form has expired or did not come from this site; please log in again.",
+            ),
         );
     }
     let token = c.login_csrf.as_deref().unwrap_or_default();

@@ -226,9 +226,7 @@ pub fn attempts(
     let mut out: Vec<Attempt> = errors
         .iter()
         .map(|e| {
-            let ended_at = e["at"]
-                .as_str()
-                .and_then(|t| t.parse::<Time>().ok());
+            let ended_at = e["at"].as_str().and_then(|t| t.parse::<Time>().ok());
             let duration_ms = e["duration_ms"].as_i64();
             Attempt {
                 attempt: e["attempt"].as_i64().unwrap_or_default(),

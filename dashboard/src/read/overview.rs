@@ -178,10 +178,8 @@ pub async fn read(
               where state in ('scheduled', 'retryable') and queue = $1 and run_at <= now()
               order by queue, run_at limit 1",
         ] {
-            let first: Option<(i64, String, f64)> = sqlx::query_as(sql)
-                .bind(queue)
-                .fetch_optional(pool)
-                .await?;
+            let first: Option<(i64, String, f64)> =
+                sqlx::query_as(sql).bind(queue).fetch_optional(pool).await?;
             if let Some(first) = first
                 && oldest_available.as_ref().is_none_or(|o| first.2 > o.2)
             {

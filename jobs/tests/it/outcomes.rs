@@ -177,7 +177,8 @@ async fn each_failed_attempt_records_how_long_it_ran() {
         },
         ..Default::default()
     };
-    let config = QueueConfig::new("default").kinds(Kinds::new(KindOptions::default()).with("slow_failure", fast));
+    let config = QueueConfig::new("default")
+        .kinds(Kinds::new(KindOptions::default()).with("slow_failure", fast));
     let worker = spawn_worker(db.pool.clone(), config, |_, _| async {
         // The attempt's own work: the recorded duration cannot be shorter than this.
         tokio::time::sleep(Duration::from_millis(150)).await;

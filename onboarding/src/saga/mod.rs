@@ -92,10 +92,7 @@ async fn fetch(conn: &mut PgConnection, id: i64, lock: bool) -> Result<Option<Sa
     } else {
         "select id, clerk_org_id, state, request, run from onboard.onboarding where id = $1"
     };
-    let row = sqlx::query(sql)
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let row = sqlx::query(sql).bind(id).fetch_optional(&mut *conn).await?;
     row.map(|row| {
         Ok(Saga {
             id: row.try_get("id")?,

@@ -143,7 +143,9 @@ pub struct SagaActions {
 
 /// Checks only (no lock, no change): the actions on saga `id` allowed now.
 pub async fn saga_actions(conn: &mut PgConnection, id: i64) -> Result<SagaActions, SagaError> {
-    let saga = super::read(conn, id).await?.ok_or(SagaError::NotFound(id))?;
+    let saga = super::read(conn, id)
+        .await?
+        .ok_or(SagaError::NotFound(id))?;
     let deleted = org_deleted(conn, &saga).await?;
     let (failed, committed): (bool, bool) = sqlx::query_as(
         "select exists (select 1 from onboard.onboarding_step where onboarding_id = $1 and state = 'failed'),

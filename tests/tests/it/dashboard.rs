@@ -150,7 +150,11 @@ async fn a_login_post_without_its_forms_csrf_token_or_cookie_is_403_and_logs_nob
         ("neither", None, None),
         ("no token", Some(cookie.as_str()), None),
         ("no cookie", None, Some(token.as_str())),
-        ("another form's token", Some(cookie.as_str()), Some(other_token.as_str())),
+        (
+            "another form's token",
+            Some(cookie.as_str()),
+            Some(other_token.as_str()),
+        ),
         ("an empty token", Some("onboard_login="), Some("")),
     ] {
         let r = post(c, t).await.unwrap();

@@ -57,12 +57,7 @@ async fn a_job_shows_every_attempt_with_its_time_worker_duration_and_error() {
     assert_eq!(attempts[2]["outcome"], "completed");
     assert_eq!(attempts[2]["error"], Value::Null);
 
-    let page = op
-        .get(&format!("/jobs/{job}"))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let page = op.get(&format!("/jobs/{job}")).await.text().await.unwrap();
     let table = &page[page.find("id=\"attempts\"").expect("the attempts table")..];
     let table = &table[..table.find("</table>").unwrap()];
     assert_eq!(table.matches("<tr>").count(), 4, "a header and 3 attempts");
