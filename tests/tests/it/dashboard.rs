@@ -908,3 +908,64 @@ async fn cancelling_a_running_saga_step_job_compensates_its_saga_and_cancel_of_a
     );
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn discarding_a_waiting_saga_step_job_compensates_its_saga() {
+    let stack = Stack::start(StackOptions::default()).await;
+    add_ops(&stack.db.pool).await;
+    let d = Dashboard::spawn(stack.db.pool.clone()).await;
+    let op = Session::login(&d, "olga").await;
+    let (org, user) = ("org_dash4", "user_dash4");
+    stack.sandbox.register(org, "dash4-flaky-twilio").await;
+    stack.deliver(&user_created(user, "owner4@dash.test")).await;
+    stack
+        .deliver(&organization_created(org, "dash4-flaky-twilio", user))
+        .await;
+    // The Twilio step failed once and waits for its retry (held there for an hour).
+    let step_job: i64 = wait_for(
+        "the Twilio step to wait for its retry",
+        Duration::from_secs(60),
+        || async {
+            sqlx::query_scalar(
+                "update onboard.job set state = 'scheduled', run_at = now() + interval '1 hour'
+                  where kind = 'onboarding.twilio_subaccount' and state = 'retryable' returning id",
+            )
+            .fetch_optional(&stack.db.pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
+    let id = saga_id(&stack.db.pool, org).await;
+    let page = op
+        .get(&format!("/jobs/{step_job}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("data-action=\"discard\"") && page.contains("data-action=\"cancel\""),
+        "a waiting step of a running saga can be discarded or cancelled"
+    );
+    let (status, body) = op.act(&format!("/api/jobs/{step_job}/discard"), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["state"], "discarded");
+    assert_eq!(body["onboarding_id"], id);
+    stack.wait_saga(org, "compensated").await;
+    // The discard itself failed the step (not the reconciler, later, for a job gone missing).
+    let reason: String = sqlx::query_scalar(
+        "select last_error from onboard.onboarding_step where onboarding_id = $1 and name = 'twilio_subaccount'",
+    )
+    .bind(id)
+    .fetch_one(&stack.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(reason, format!("job {step_job} discarded by an operator"));
+    let (status, body) = op.act(&format!("/api/jobs/{step_job}/discard"), None).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (StatusCode::CONFLICT, &json!("job_finished")),
+        "{body}"
+    );
+    stack.stop().await;
+}
