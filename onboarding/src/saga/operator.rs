@@ -1,6 +1,9 @@
-//! Operator actions on a saga (restart, retry, cancel) and on a single job of one (cancel or
-//! retry a step or compensation job), each in the caller's transaction under the saga's row
-//! lock, with typed errors whose [`SagaError::code`] is stable for the dashboard and the API.
+//! Operator actions on a saga (restart, retry, cancel) and on a single job of one (cancel,
+//! discard or retry a step or compensation job), each in the caller's transaction under the
+//! saga's row lock, with typed errors whose [`SagaError::code`] is stable for the dashboard and
+//! the API; `*_now` variants for callers outside a transaction that must not wait for a step in
+//! flight; and check-only twins ([`saga_actions`], [`step_job_actions`]) that say which actions
+//! would be accepted, so the dashboard shows only those.
 
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
