@@ -147,6 +147,37 @@ impl Process {
     }
 }
 
+/// CPU time (user + system) a process used so far, in ms (`/proc/<pid>/stat`, USER_HZ = 100).
+fn cpu_ms(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command (which may hold spaces) in parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks * 10.0)
+}
+
+/// CPU ms used so far by each process of the stack, and by the database's server processes
+/// for this database (summed as `postgres`).
+async fn cpu_by_process(stack: &Stack) -> anyhow::Result<Vec<(String, f64)>> {
+    let mut out: Vec<(String, f64)> = stack
+        .processes
+        .iter()
+        .filter_map(|p| Some((p.role.clone(), cpu_ms(p.child.id()?)?)))
+        .collect();
+    let pids: Vec<i32> = sqlx::query_scalar(
+        "select pid from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()",
+    )
+    .fetch_all(&stack.pool)
+    .await?;
+    let backends = pids
+        .iter()
+        .filter_map(|pid| cpu_ms(u32::try_from(*pid).ok()?))
+        .sum();
+    out.push(("postgres".into(), backends));
+    Ok(out)
+}
+
 fn peak_rss_mb(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: f64 = status
@@ -241,6 +272,10 @@ impl Stack {
                 &[
                     ("DATABASE_URL", url.clone()),
                     ("ONBOARD_DASHBOARD_ADDR", free_addr()?),
+                    (
+                        "ONBOARD_DB_MAX_CONNECTIONS",
+                        env_usize("E2E_WORKER_POOL", 40).to_string(),
+                    ),
                     ("TWILIO_BASE_URL", base.clone()),
                     ("RESEND_BASE_URL", base.clone()),
                     ("CLERK_API_BASE_URL", base.clone()),
@@ -322,6 +357,32 @@ fn onboardings(count: usize) -> anyhow::Result<Vec<Onboarding>> {
             })
         })
         .collect()
+}
+
+/// Onboardings sent before a measured burst (`E2E_WARMUP`, default 200).
+const WARMUP: usize = 200;
+
+/// Gives the database the history a running service has: onboards `E2E_WARMUP` organizations,
+/// then `ANALYZE`s, as autovacuum does within a minute of that much activity. On a brand-new
+/// database every pooled connection keeps the plans it made while the job table was empty
+/// (sequential scans) until the first analyze: a 2-second burst would measure only that.
+/// Returns how many onboardings it ran.
+async fn warm_up(stack: &Stack, client: &reqwest::Client) -> anyhow::Result<usize> {
+    let count = env_usize("E2E_WARMUP", WARMUP);
+    if count == 0 {
+        return Ok(0);
+    }
+    let batch = onboardings(count)?;
+    futures::stream::iter(batch.iter())
+        .map(|onboarding| send(client, &stack.webhook, onboarding))
+        .buffer_unordered(BURST_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    completions(&stack.pool, count).await?;
+    sqlx::query("analyze").execute(&stack.pool).await?;
+    Ok(count)
 }
 
 /// Sends an onboarding's deliveries in order; returns when `organization.created` was sent
@@ -448,9 +509,14 @@ async fn burst(
     rss: &mut Vec<(String, f64)>,
 ) -> anyhow::Result<Burst> {
     let stack = Stack::start(server, binary, workers).await?;
-    let batch = onboardings(count)?;
     let client = reqwest::Client::new();
+    let warmup = warm_up(&stack, &client).await?;
+    let batch = onboardings(count)?;
     let before = commits(&stack.pool).await?;
+    let jobs_before: i64 = sqlx::query_scalar("select count(*) from onboard.job")
+        .fetch_one(&stack.pool)
+        .await?;
+    let cpu_before = cpu_by_process(&stack).await?;
     let first = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs_f64();
     let sent: Vec<(String, f64)> = futures::stream::iter(batch.iter())
         .map(|onboarding| {
@@ -468,12 +534,40 @@ async fn burst(
         .await
         .into_iter()
         .collect::<anyhow::Result<_>>()?;
-    let done = completions(&stack.pool, count).await?;
-    let last = done.iter().map(|(_, at)| *at).fold(f64::MIN, f64::max);
-    let jobs: i64 = sqlx::query_scalar("select count(*) from onboard.job")
+    let done = completions(&stack.pool, warmup + count).await?;
+    let measured: std::collections::HashSet<&str> =
+        sent.iter().map(|(org, _)| org.as_str()).collect();
+    let last = done
+        .iter()
+        .filter(|(org, _)| measured.contains(org.as_str()))
+        .map(|(_, at)| *at)
+        .fold(f64::MIN, f64::max);
+    let jobs: i64 = sqlx::query_scalar::<_, i64>("select count(*) from onboard.job")
         .fetch_one(&stack.pool)
-        .await?;
+        .await?
+        - jobs_before;
     let commits = (commits(&stack.pool).await? - before) as f64;
+    let cpu_after = cpu_by_process(&stack).await?;
+    let per_org: Vec<String> = cpu_after
+        .iter()
+        .map(|(role, after)| {
+            let before = cpu_before
+                .iter()
+                .find(|(r, _)| r == role)
+                .map_or(0.0, |(_, b)| *b);
+            // Backends that connected during the burst started from zero.
+            let used = if after >= &before {
+                after - before
+            } else {
+                *after
+            };
+            format!("{role} {:.2}", used / count as f64)
+        })
+        .collect();
+    eprintln!(
+        "e2e: CPU ms per onboarding in the burst (database: this database's server processes): {}",
+        per_org.join(", ")
+    );
     let lat = latencies(&sent, &done);
     merge_rss(rss, stack.peak_rss());
     stack.stop().await;

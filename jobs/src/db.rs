@@ -7,7 +7,7 @@ use backon::{ExponentialBuilder, Retryable as _};
 
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 /// Pool settings for one process.
 #[derive(Debug, Clone)]
@@ -17,6 +17,11 @@ pub struct PoolSettings {
     pub max_connections: u32,
     /// How long a request waits for a connection before failing.
     pub acquire_timeout: Duration,
+    /// Plan each prepared statement once per connection (`plan_cache_mode =
+    /// force_generic_plan`). For a worker: its statements are key and range lookups whose best
+    /// plan does not depend on the parameters, and PostgreSQL otherwise re-plans the fetch at
+    /// every call once its table has statistics (the planning costs more than the run).
+    pub generic_plans: bool,
 }
 
 impl Default for PoolSettings {
@@ -24,31 +29,39 @@ impl Default for PoolSettings {
         PoolSettings {
             max_connections: 40,
             acquire_timeout: Duration::from_secs(2),
+            generic_plans: false,
         }
     }
 }
 
 /// Opens a pool; the first connection is made lazily so a process can start before the database.
 pub fn connect_lazy(url: &str, settings: &PoolSettings) -> Result<PgPool, sqlx::Error> {
-    PgPoolOptions::new()
-        // A ping before every checkout costs a round trip per request; a broken connection
-        // fails its query instead and the pool replaces it.
-        .test_before_acquire(false)
-        .max_connections(settings.max_connections)
-        .acquire_timeout(settings.acquire_timeout)
-        .connect_lazy(url)
+    Ok(pool_options(settings).connect_lazy_with(connect_options(url, settings)?))
 }
 
 /// Opens a pool and checks that the database answers.
 pub async fn connect(url: &str, settings: &PoolSettings) -> Result<PgPool, sqlx::Error> {
+    pool_options(settings)
+        .connect_with(connect_options(url, settings)?)
+        .await
+}
+
+fn pool_options(settings: &PoolSettings) -> PgPoolOptions {
     PgPoolOptions::new()
         // A ping before every checkout costs a round trip per request; a broken connection
         // fails its query instead and the pool replaces it.
         .test_before_acquire(false)
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout)
-        .connect(url)
-        .await
+}
+
+fn connect_options(url: &str, settings: &PoolSettings) -> Result<PgConnectOptions, sqlx::Error> {
+    let options: PgConnectOptions = url.parse()?;
+    Ok(if settings.generic_plans {
+        options.options([("plan_cache_mode", "force_generic_plan")])
+    } else {
+        options
+    })
 }
 
 /// Our migrations, embedded at build time from `migrations/`.

@@ -257,6 +257,23 @@ pub struct JobContext {
     pub worker: String,
     /// Set when an operator cancels the job.
     pub cancellation: Cancellation,
+    /// Set by [`JobContext::settle`]: the handler recorded the outcome itself.
+    pub(crate) settled: Arc<AtomicBool>,
+}
+
+impl JobContext {
+    /// Tells the runtime that the handler completed or discarded this attempt's job in its own
+    /// transaction ([`crate::complete`], [`crate::discard`]) and that transaction committed: the
+    /// runtime then frees the job's slot without writing the outcome again. Call it only after
+    /// the commit.
+    pub fn settle(&self) {
+        self.settled.store(true, Ordering::SeqCst);
+    }
+
+    /// True once [`JobContext::settle`] was called.
+    pub fn is_settled(&self) -> bool {
+        self.settled.load(Ordering::SeqCst)
+    }
 }
 
 impl<Args: Sync> FromRequest<Task<Args>> for JobContext {

@@ -89,10 +89,11 @@ impl Process {
             }
             None => None,
         };
-        // The worker fits its jobs in flight to its pool: it gets a pool of its own, so
-        // the ingress's requests never wait behind its handlers.
-        let worker_pool = if ingress.is_some() {
-            database.connect_lazy()?
+        // The worker fits its jobs in flight to its pool, and plans its statements once per
+        // connection: it gets a pool of its own, so the other roles' requests never wait
+        // behind its handlers and keep their per-call plans.
+        let worker_pool = if roles.worker.is_some() {
+            database.connect_lazy_for_worker()?
         } else {
             pool.clone()
         };

@@ -78,6 +78,17 @@ impl Database {
             .context("DATABASE_URL cannot be used")
     }
 
+    /// A lazy pool for the worker role: its statements are planned once per connection
+    /// ([`jobs::db::PoolSettings::generic_plans`]).
+    pub fn connect_lazy_for_worker(&self) -> anyhow::Result<PgPool> {
+        let settings = jobs::db::PoolSettings {
+            generic_plans: true,
+            ..self.pool.clone()
+        };
+        jobs::db::connect_lazy(self.url.expose_secret(), &settings)
+            .context("DATABASE_URL cannot be used")
+    }
+
     /// A pool, checked to answer now (one-shot commands: `migrate`, `api-key`).
     pub async fn connect(&self) -> anyhow::Result<PgPool> {
         jobs::db::connect(self.url.expose_secret(), &self.pool)

@@ -37,10 +37,11 @@ pub struct Started {
     pub created: bool,
 }
 
-/// Inserts the saga (with the inbox row that asked for it, if any), its step rows and the first
-/// step's job, in one statement; no row when the organization already has a saga.
+/// Inserts the saga (with the inbox row that asked for it, if any), its step rows and, unless
+/// the caller runs the first steps itself, the first step's job, in one statement; no row when
+/// the organization already has a saga.
 /// Parameters: $1 org id, $2 source, $3 request json, $4 step names, $5 first job kind,
-/// $6 queue, $7 max attempts, $8 first step, $9 inbox id (nullable).
+/// $6 queue, $7 max attempts, $8 first step, $9 inbox id (nullable), $10 enqueue the first job.
 const START: &str = "
 with saga as (
     insert into onboard.onboarding (clerk_org_id, source, request, inbox_id)
@@ -58,6 +59,7 @@ first_job as (
     select $5, $6, jsonb_build_object('onboarding_id', saga.id, 'run', 1), $7,
            'onboarding:' || saga.id || ':' || $8::text
       from saga
+     where $10::bool
     returning id
 )
 select saga.id, (select id from first_job) from saga";
@@ -89,7 +91,16 @@ pub async fn start(
     conn: &mut PgConnection,
     request: &OnboardingRequest,
 ) -> Result<Started, StartError> {
-    start_with_inbox(conn, request, None).await
+    start_with_inbox(conn, request, None, FirstJob::Enqueue).await
+}
+
+/// Who runs a new saga's first step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FirstJob {
+    /// Its job, enqueued with the saga.
+    Enqueue,
+    /// The caller, in the transaction that started the saga: no job is enqueued.
+    Caller,
 }
 
 /// [`start`], recording `inbox_id` as the delivery that asked for the saga when it is new.
@@ -97,6 +108,7 @@ async fn start_with_inbox(
     conn: &mut PgConnection,
     request: &OnboardingRequest,
     inbox_id: Option<i64>,
+    first_job: FirstJob,
 ) -> Result<Started, StartError> {
     let deleted: Option<bool> = sqlx::query_scalar(DELETED)
         .bind(request.org_id.as_str())
@@ -118,6 +130,7 @@ async fn start_with_inbox(
             .bind(STEP_JOB_MAX_ATTEMPTS)
             .bind(STEPS[0])
             .bind(inbox_id)
+            .bind(first_job == FirstJob::Enqueue)
             .fetch_optional(&mut *conn)
             .await?;
         if let Some((onboarding_id, _job)) = row {
@@ -199,6 +212,24 @@ pub async fn start_from_inbox(
     conn: &mut PgConnection,
     inbox_id: i64,
 ) -> Result<Started, InboxStartError> {
+    start_from_inbox_with(conn, inbox_id, FirstJob::Enqueue).await
+}
+
+/// [`start_from_inbox`] for a caller that runs a new saga's first steps itself, in the same
+/// transaction (the worker runs the steps that touch only our database there): a new saga gets
+/// no first job.
+pub async fn start_from_inbox_for_caller(
+    conn: &mut PgConnection,
+    inbox_id: i64,
+) -> Result<Started, InboxStartError> {
+    start_from_inbox_with(conn, inbox_id, FirstJob::Caller).await
+}
+
+async fn start_from_inbox_with(
+    conn: &mut PgConnection,
+    inbox_id: i64,
+    first_job: FirstJob,
+) -> Result<Started, InboxStartError> {
     let row: Option<(String, Option<String>)> = sqlx::query_as(INBOX_EVENT)
         .bind(inbox_id)
         .fetch_optional(&mut *conn)
@@ -219,7 +250,7 @@ pub async fn start_from_inbox(
     })?;
     let request = crate::inbox::organization_created(payload.as_bytes())
         .map_err(|source| InboxStartError::Payload { inbox_id, source })?;
-    Ok(start_with_inbox(conn, &request, Some(inbox_id)).await?)
+    Ok(start_with_inbox(conn, &request, Some(inbox_id), first_job).await?)
 }
 
 /// What an idempotent start did.

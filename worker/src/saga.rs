@@ -97,11 +97,11 @@ fn kinds() -> Kinds {
 pub fn register(mut registry: Registry, pool: PgPool, providers: Arc<Providers>) -> Registry {
     // Each attempt holds a connection for its external call: keep in-flight attempts few.
     let mut onboarding = QueueConfig::new(QUEUE).kinds(kinds());
-    onboarding.max_in_flight = 8;
-    onboarding.batch_size = 8;
+    onboarding.max_in_flight = 32;
+    onboarding.batch_size = 16;
     let mut email = QueueConfig::new(EMAIL_QUEUE).kinds(kinds());
-    email.max_in_flight = 4;
-    email.batch_size = 4;
+    email.max_in_flight = 16;
+    email.batch_size = 16;
     registry = registry.queue(onboarding).queue(email);
     for step in STEPS {
         let (pool, providers) = (pool.clone(), providers.clone());
@@ -164,10 +164,10 @@ async fn start_onboarding(pool: PgPool, job: AnyJob, ctx: JobContext) -> Result<
                 retry(e)
             }
         })?;
-    // …and its one saga, in the same transaction. An organization deleted before its creation
-    // was processed is not onboarded: its deletion (serialised with this transaction by the
-    // organization row's lock) already offboarded it.
-    let started = match onboarding::start::start_from_inbox(&mut tx, inbox_id).await {
+    // …and its one saga, in the same transaction, with the steps that touch only our database.
+    // An organization deleted before its creation was processed is not onboarded: its deletion
+    // (serialised with this transaction by the organization row's lock) already offboarded it.
+    let started = match onboarding::start::start_from_inbox_for_caller(&mut tx, inbox_id).await {
         Ok(started) => started,
         Err(onboarding::start::InboxStartError::OrganizationDeleted(_)) => {
             commit_held(tx, &ctx, Verdict::Complete).await?;
@@ -177,6 +177,13 @@ async fn start_onboarding(pool: PgPool, job: AnyJob, ctx: JobContext) -> Result<
         Err(e) if e.is_permanent() => return Err(JobError::permanent(e)),
         Err(e) => return Err(retry(e)),
     };
+    if started.created {
+        let saga = saga::lock(&mut tx, started.onboarding_id)
+            .await
+            .map_err(retry)?
+            .ok_or_else(|| retry("the onboarding just started is gone"))?;
+        advance(&mut tx, &saga, STEPS[0]).await.map_err(retry)?;
+    }
     commit_held(tx, &ctx, Verdict::Complete).await?;
     tracing::info!(
         inbox_id,
@@ -185,6 +192,51 @@ async fn start_onboarding(pool: PgPool, job: AnyJob, ctx: JobContext) -> Result<
         "onboarding started"
     );
     Ok(())
+}
+
+/// Moves the saga on to `step`: runs it here, in the caller's transaction, when it touches
+/// only our database (and so on for the local steps after it), and enqueues the job of the
+/// first step that calls a provider. When a local step fails, the local steps are rolled back
+/// (to a savepoint) and left to `step`'s own job, so retries and compensation take the usual
+/// path.
+async fn advance(
+    conn: &mut PgConnection,
+    saga: &Saga,
+    step: &'static str,
+) -> Result<(), sqlx::Error> {
+    if saga::is_local(step) {
+        let mut local = sqlx::Connection::begin(&mut *conn).await?;
+        match run_local_steps(&mut local, saga, step).await {
+            Ok(()) => return local.commit().await,
+            Err(error) => {
+                local.rollback().await?;
+                tracing::warn!(
+                    onboarding = saga.id,
+                    step,
+                    ?error,
+                    "running the step in its own job"
+                );
+            }
+        }
+    }
+    saga::enqueue_step(conn, saga, step).await
+}
+
+/// Runs `step` and the local steps after it; enqueues the job of the first one that is not local.
+async fn run_local_steps(
+    conn: &mut PgConnection,
+    saga: &Saga,
+    mut step: &'static str,
+) -> Result<(), StepError> {
+    while saga::is_local(step) {
+        saga::step_started(conn, saga.id, step).await?;
+        let output = perform_local(conn, step, saga).await?;
+        match saga::step_done(conn, saga, step, &output).await? {
+            Some(next) => step = next,
+            None => return Ok(()),
+        }
+    }
+    Ok(saga::enqueue_step(conn, saga, step).await?)
 }
 
 /// What an attempt does with its own job in the transaction that records its outcome.
@@ -206,6 +258,7 @@ async fn commit_held(
     ctx: &JobContext,
     verdict: Verdict<'_>,
 ) -> Result<(), JobError> {
+    let settles = !matches!(verdict, Verdict::Retry);
     let held = match verdict {
         Verdict::Complete => jobs::complete(&mut tx, ctx.id, ctx.attempt).await,
         Verdict::Retry => jobs::hold(&mut tx, ctx.id, ctx.attempt).await,
@@ -216,7 +269,11 @@ async fn commit_held(
         tx.rollback().await.map_err(retry)?;
         return Err(fenced_out(ctx));
     }
-    tx.commit().await.map_err(retry)
+    tx.commit().await.map_err(retry)?;
+    if settles {
+        ctx.settle();
+    }
+    Ok(())
 }
 
 fn fenced_out(ctx: &JobContext) -> JobError {
@@ -273,11 +330,12 @@ impl Action {
         conn: &mut PgConnection,
         providers: &Providers,
         saga: &Saga,
+        first_try: bool,
     ) -> Result<Value, StepError> {
         match self {
             Action::Step(step) => {
                 saga::step_started(conn, saga.id, step).await?;
-                perform(conn, providers, step, saga).await
+                perform(conn, providers, step, saga, first_try).await
             }
             Action::Undo(step) => undo(conn, providers, step, saga).await,
         }
@@ -290,7 +348,10 @@ impl Action {
         output: &Value,
     ) -> Result<(), sqlx::Error> {
         match self {
-            Action::Step(step) => saga::step_succeeded(conn, saga, step, output).await,
+            Action::Step(step) => match saga::step_done(conn, saga, step, output).await? {
+                Some(next) => advance(conn, saga, next).await,
+                None => Ok(()),
+            },
             Action::Undo(step) => saga::compensation_succeeded(conn, saga, step, output).await,
         }
     }
@@ -357,7 +418,9 @@ async fn run_action(
     let result = if ctx.attempt >= ctx.max_attempts {
         Err(give_up(step, &ctx))
     } else {
-        action.act(&mut tx, &providers, &saga).await
+        // The first attempt of a run's step job: no attempt before it can have reached a provider.
+        let first_try = ctx.attempt == 1 && saga.run == 1;
+        action.act(&mut tx, &providers, &saga, first_try).await
     };
     match result {
         Ok(output) => {
@@ -404,6 +467,20 @@ async fn perform(
     providers: &Providers,
     step: &str,
     saga: &Saga,
+    first_try: bool,
+) -> Result<Value, StepError> {
+    match step {
+        "twilio_subaccount" => twilio_subaccount(conn, &providers.twilio, saga, first_try).await,
+        "welcome_email" => welcome_email(conn, providers, saga).await,
+        local => perform_local(conn, local, saga).await,
+    }
+}
+
+/// Performs a step that touches only our database ([`saga::LOCAL_STEPS`]).
+async fn perform_local(
+    conn: &mut PgConnection,
+    step: &str,
+    saga: &Saga,
 ) -> Result<Value, StepError> {
     match step {
         "create_org_record" => create_org_record(conn, saga).await,
@@ -412,8 +489,6 @@ async fn perform(
             let grants = onboarding::permissions::grant_defaults(conn, org).await?;
             Ok(json!({ "organization_id": org, "grants": grants }))
         }
-        "twilio_subaccount" => twilio_subaccount(conn, &providers.twilio, saga).await,
-        "welcome_email" => welcome_email(conn, providers, saga).await,
         other => Err(StepError::Permanent(format!("unknown step `{other}`"))),
     }
 }
@@ -458,17 +533,24 @@ fn friendly_name(saga: &Saga) -> String {
     format!("org:{}", saga.clerk_org_id)
 }
 
-/// Lists before creating and after an ambiguous failure, and adopts an active match: one
-/// sub-account per organization however often this runs.
+/// Lists before creating (except at the first attempt of the saga's first run, which nothing
+/// can have preceded: the organization's one saga, its step's one job) and after an ambiguous
+/// failure, and adopts an active match: one sub-account per organization however often this
+/// runs.
 async fn twilio_subaccount(
     conn: &mut PgConnection,
     twilio: &TwilioClient,
     saga: &Saga,
+    first_try: bool,
 ) -> Result<Value, StepError> {
     let name = friendly_name(saga);
-    let existing = twilio
-        .list_subaccounts(&name, Some(AccountStatus::Active))
-        .await?;
+    let existing = if first_try {
+        Vec::new()
+    } else {
+        twilio
+            .list_subaccounts(&name, Some(AccountStatus::Active))
+            .await?
+    };
     let (account, adopted) = match existing.into_iter().next() {
         Some(account) => (account, true),
         None => match twilio.create_subaccount(&name).await {

@@ -166,11 +166,17 @@ where
             let outcome = verdict.outcome(&ctx);
             let elapsed = started.elapsed();
             crate::metrics::attempt(&ctx.queue, &ctx.kind, outcome, elapsed);
-            let _ = shared.acks.send(AckMessage::Outcome(Outcome {
+            let outcome = Outcome {
                 ctx,
                 verdict,
                 elapsed,
-            }));
+            };
+            if outcome.ctx.is_settled() {
+                // The handler's own committed transaction recorded the outcome.
+                settle(&shared, std::slice::from_ref(&outcome));
+            } else {
+                let _ = shared.acks.send(AckMessage::Outcome(outcome));
+            }
             Ok(())
         })
     }

@@ -340,6 +340,7 @@ fn to_task<Args: JobArgs>(shared: &Shared, row: &PgRow) -> Option<Task<Args>> {
         queue: shared.config.queue.clone(),
         worker: shared.owner.clone(),
         cancellation,
+        settled: Default::default(),
     };
     match Args::decode(&kind, args.0) {
         Ok(args) => Some({

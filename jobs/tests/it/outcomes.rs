@@ -204,3 +204,30 @@ async fn each_failed_attempt_records_how_long_it_ran() {
         assert!(worker.is_some_and(|w| !w.is_empty()));
     }
 }
+
+/// A handler that recorded its job's outcome in its own transaction says so with
+/// `JobContext::settle`: the runtime frees the slot and writes nothing for that attempt. The
+/// handler here settles without completing, so a write would show as the job completing; with
+/// one job in flight, the next job's completion comes after any write for the first.
+#[tokio::test]
+async fn an_attempt_its_handler_settled_is_not_acknowledged_again() {
+    let db = fresh_db().await;
+    let settled = db.add(NewJob::new("settled", json!({}))).await;
+    let next = db.add(NewJob::new("fine", json!({}))).await;
+    let mut config = QueueConfig::new("default");
+    config.max_in_flight = 1;
+    config.batch_size = 1;
+    let worker = spawn_worker(db.pool.clone(), config, |job, ctx| async move {
+        if job.kind == "settled" {
+            ctx.settle();
+        }
+        Ok(())
+    });
+    wait_completed(&db, &[next]).await;
+    worker.shutdown().await;
+    assert_eq!(
+        db.state(settled).await,
+        "running",
+        "the runtime wrote an outcome for an attempt its handler had settled"
+    );
+}

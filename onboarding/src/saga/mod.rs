@@ -322,6 +322,15 @@ fn undo_job(saga: &Saga, step: &str) -> NewJob {
         .unique_key(job_key(saga.id, saga.run, &format!("undo_{step}")))
 }
 
+/// The steps that touch only our database. DESIGN.md §4 keeps one transaction per external
+/// call; these may run in the transaction of the step (or the start) before them.
+pub const LOCAL_STEPS: [&str; 2] = ["create_org_record", "default_permissions"];
+
+/// True for a step that touches only our database ([`LOCAL_STEPS`]).
+pub fn is_local(step: &str) -> bool {
+    LOCAL_STEPS.contains(&step)
+}
+
 /// A step succeeded: stores its output and enqueues the next step, or ends the saga
 /// `completed` after the last one.
 pub async fn step_succeeded(
@@ -330,14 +339,39 @@ pub async fn step_succeeded(
     step: &str,
     output: &Value,
 ) -> Result<(), sqlx::Error> {
+    if let Some(next) = step_done(conn, saga, step, output).await? {
+        enqueue_step(conn, saga, next).await?;
+    }
+    Ok(())
+}
+
+/// A step succeeded: stores its output and returns the next step, whose job the caller
+/// enqueues ([`enqueue_step`]) or which it runs itself in this transaction; after the last
+/// step the saga ends `completed` and this returns `None`.
+pub async fn step_done(
+    conn: &mut PgConnection,
+    saga: &Saga,
+    step: &str,
+    output: &Value,
+) -> Result<Option<&'static str>, sqlx::Error> {
     set_step(conn, saga.id, step, "done", None, Some(output)).await?;
     let position = STEPS.iter().position(|s| *s == step).unwrap_or(STEPS.len());
     match STEPS.get(position + 1) {
-        Some(next) => {
-            enqueue(conn, &step_job(saga, next)).await?;
+        Some(next) => Ok(Some(next)),
+        None => {
+            finish(conn, saga.id, "completed").await?;
+            Ok(None)
         }
-        None => finish(conn, saga.id, "completed").await?,
     }
+}
+
+/// Enqueues the job of the saga's `step` (for its current run).
+pub async fn enqueue_step(
+    conn: &mut PgConnection,
+    saga: &Saga,
+    step: &str,
+) -> Result<(), sqlx::Error> {
+    enqueue(conn, &step_job(saga, step)).await?;
     Ok(())
 }
 

@@ -54,6 +54,7 @@ impl Ingress {
         let pool_settings = PoolSettings {
             max_connections: 10,
             acquire_timeout: Duration::from_secs(1),
+            generic_plans: false,
         };
         let pool = jobs::db::connect_lazy(&db.url, &pool_settings).expect("pool");
         let state = AppState::with_clock(pool, &settings, clock);

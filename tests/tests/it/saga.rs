@@ -77,6 +77,59 @@ async fn new_organization_is_onboarded_once_with_one_subaccount_one_email_and_it
     stack.stop().await;
 }
 
+/// DESIGN.md §4 keeps one transaction per external call; the steps that touch only our
+/// database run in the transaction that starts the saga (the `organization.created` job), so
+/// they have no job of their own, and each ran once.
+#[tokio::test]
+async fn the_steps_that_touch_only_our_database_run_in_the_transaction_that_starts_the_saga() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let (org, user) = ("org_local1", "user_local1");
+    stack.deliver(&user_created(user, "owner@local.test")).await;
+    stack
+        .deliver(&organization_created(org, "local", user))
+        .await;
+    stack.wait_saga(org, "completed").await;
+    stack.wait_idle().await;
+
+    let kinds: Vec<String> = sqlx::query_scalar(
+        "select j.kind from onboard.job j join onboard.onboarding o
+             on (j.args->>'onboarding_id')::bigint = o.id
+          where o.clerk_org_id = $1 order by j.id",
+    )
+    .bind(org)
+    .fetch_all(&stack.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        kinds,
+        [
+            "onboarding.twilio_subaccount",
+            "onboarding.welcome_email",
+            "onboarding.sync_metadata"
+        ],
+        "the saga's jobs: one per external call"
+    );
+    let steps: Vec<(String, String, i32)> = sqlx::query_as(
+        "select s.name, s.state, s.attempts from onboard.onboarding_step s
+           join onboard.onboarding o on o.id = s.onboarding_id
+          where o.clerk_org_id = $1 and s.name = any($2) order by s.position",
+    )
+    .bind(org)
+    .bind(&onboarding::saga::LOCAL_STEPS[..])
+    .fetch_all(&stack.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        steps,
+        [
+            ("create_org_record".to_owned(), "done".to_owned(), 1),
+            ("default_permissions".to_owned(), "done".to_owned(), 1)
+        ]
+    );
+    assert_eq!(permission_rows(&stack, org).await, 27 + 13 + 5);
+    stack.stop().await;
+}
+
 #[tokio::test]
 async fn permanent_twilio_failure_compensates_every_started_step_then_restart_after_heal_completes()
 {
