@@ -124,7 +124,7 @@ const QUERIES: [(&str, &str); 19] = [
     ),
     (
         "queues",
-        "select queue, count(*) filter (where run_at <= now()), min(run_at) from (select queue, run_at from onboard.job where state = 'available' union all select queue, run_at from onboard.job where state in ('scheduled', 'retryable')) l group by queue",
+        "with recursive n as ((select queue from onboard.job where state = 'available' order by queue limit 1) union all select (select j.queue from onboard.job j where j.state = 'available' and j.queue > n.queue order by j.queue limit 1) from n where n.queue is not null) select n.queue, (select count(*) from (select 1 from onboard.job where state = 'available' and queue = n.queue and run_at <= now() limit 1000) c) from n where n.queue is not null",
     ),
     (
         "oldest available, per queue",

@@ -114,3 +114,60 @@ async fn the_inbox_counts_how_often_a_delivery_was_redelivered() {
     );
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn queues_count_runnable_waiting_and_running_jobs_per_queue() {
+    let db = integration_tests::fresh_db().await;
+    add_operator(&db.pool, "olga", dashboard::account::Role::Operator).await;
+    let d = Dashboard::spawn(db.pool.clone()).await;
+    let op = Session::login(&d, "olga").await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    for (queue, n, delay) in [
+        ("alpha", 3, None),
+        ("alpha", 2, Some(3600)),
+        ("beta", 1, None),
+    ] {
+        for _ in 0..n {
+            let mut job = jobs::NewJob::new("test.noop", serde_json::json!({})).queue(queue);
+            if let Some(s) = delay {
+                job = job.run_at(chrono::Utc::now() + chrono::Duration::seconds(s));
+            }
+            jobs::enqueue(&mut conn, &job).await.unwrap();
+        }
+    }
+    // One of beta's jobs is due again after a failed attempt; one of alpha's is running.
+    sqlx::query(
+        "update onboard.job set state = 'retryable', run_at = now() - interval '1 minute'
+          where id = (select min(id) from onboard.job where queue = 'beta')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "update onboard.job set state = 'running', attempt = 1, attempted_at = now(),
+                lease_owner = 'w', lease_expires_at = now() + interval '1 minute'
+          where id = (select min(id) from onboard.job where queue = 'alpha')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let queues = op.get_json("/api/queues").await;
+    let row = |name: &str| {
+        let q = queues["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} in {queues:#}"));
+        (
+            q["available"].as_i64().unwrap(),
+            q["waiting"].as_i64().unwrap(),
+            q["running"].as_i64().unwrap(),
+            q["capped"].as_bool().unwrap(),
+            q["oldest_age_s"].as_f64().is_some(),
+        )
+    };
+    assert_eq!(row("alpha"), (2, 2, 1, false, true));
+    assert_eq!(row("beta"), (1, 0, 0, false, true));
+}
