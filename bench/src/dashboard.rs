@@ -81,7 +81,7 @@ fn quantile(sorted: &[Duration], q: f64) -> f64 {
 }
 
 /// The dashboard's queries as run for these pages (representative parameters), for `EXPLAIN`.
-const QUERIES: [(&str, &str); 17] = [
+const QUERIES: [(&str, &str); 19] = [
     (
         "jobs, newest first",
         "select id from onboard.job order by id desc limit 50",
@@ -104,7 +104,7 @@ const QUERIES: [(&str, &str); 17] = [
     ),
     (
         "live args search",
-        "select id from onboard.job where id in (select id from onboard.job where state in ('available', 'scheduled', 'retryable') and args::text ilike '%msg_l777%' union all select id from onboard.job where state = 'running' and args::text ilike '%msg_l777%') order by id desc limit 50",
+        "select id from (select * from onboard.job where state in ('available', 'scheduled', 'retryable') and args::text ilike '%msg_l777%' union all select * from onboard.job where state = 'running' and args::text ilike '%msg_l777%') job where true order by id desc limit 50",
     ),
     (
         "onboardings by name",
@@ -124,7 +124,15 @@ const QUERIES: [(&str, &str); 17] = [
     ),
     (
         "queues",
-        "select queue, count(*) filter (where run_at <= now()), min(run_at) from onboard.job where state in ('available', 'scheduled', 'retryable') group by queue",
+        "with recursive n as ((select queue from onboard.job where state = 'available' order by queue limit 1) union all select (select j.queue from onboard.job j where j.state = 'available' and j.queue > n.queue order by j.queue limit 1) from n where n.queue is not null) select n.queue, (select count(*) from (select 1 from onboard.job where state = 'available' and queue = n.queue and run_at <= now() limit 1000) c) from n where n.queue is not null",
+    ),
+    (
+        "oldest available, per queue",
+        "select id, queue, extract(epoch from now() - run_at)::float8 from onboard.job where state = 'available' and queue = 'email' and run_at <= now() order by queue, priority, run_at, id limit 1",
+    ),
+    (
+        "oldest due waiting, per queue",
+        "select id, queue, extract(epoch from now() - run_at)::float8 from onboard.job where state in ('scheduled', 'retryable') and queue = 'email' and run_at <= now() order by queue, run_at limit 1",
     ),
     (
         "overview capped finished",
@@ -188,9 +196,30 @@ pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
+    // The login form's CSRF token (double submit: its cookie and its hidden field).
+    let form = http.get(format!("{base}/login")).send().await?;
+    let form_cookie = form
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .ok_or_else(|| anyhow::anyhow!("the login form set no cookie"))?
+        .to_owned();
+    let page = form.text().await?;
+    let field = "name=\"login_csrf\" value=\"";
+    let token = page
+        .find(field)
+        .and_then(|start| page[start + field.len()..].split('"').next())
+        .ok_or_else(|| anyhow::anyhow!("the login form has no CSRF field"))?
+        .to_owned();
     let login = http
         .post(format!("{base}/login"))
-        .form(&[("name", "bench"), ("password", "bench password 123")])
+        .header("cookie", form_cookie)
+        .form(&[
+            ("name", "bench"),
+            ("password", "bench password 123"),
+            ("login_csrf", token.as_str()),
+        ])
         .send()
         .await?;
     let cookie = login

@@ -10,7 +10,6 @@ use crate::account::Identity;
 use crate::audit;
 use crate::error::ApiError;
 use crate::read::jobs::JobFilter;
-use crate::saga_step::{self, OnStop};
 
 /// An action on one job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -94,39 +93,58 @@ pub async fn job(
 }
 
 async fn job_unaudited(pool: &PgPool, id: i64, action: JobAction) -> Result<Value, ApiError> {
-    let saga = saga_step::saga_of_job(pool, id).await?;
-    match action {
+    // A saga's step or compensation job goes through the saga's own actions; any other job
+    // (`not_a_saga_job`) through the queue's.
+    let saga_action = match action {
         JobAction::Retry => {
-            saga_step::check_retry(saga.as_ref())?;
-            jobs::admin::retry_now(pool, id)
+            in_tx(pool, |tx| {
+                Box::pin(onboarding::saga::retry_step_job(tx, id))
+            })
+            .await
+        }
+        JobAction::Cancel => onboarding::saga::cancel_step_job_now(pool, id)
+            .await
+            .map(|_| ()),
+        JobAction::Discard => in_tx(pool, |tx| {
+            Box::pin(onboarding::saga::discard_step_job(tx, id))
+        })
+        .await
+        .map(|_| ()),
+    };
+    match saga_action {
+        Ok(()) => {}
+        Err(onboarding::saga::SagaError::NotASagaJob(_)) => match action {
+            JobAction::Retry => jobs::admin::retry_now(pool, id)
                 .await
-                .map_err(admin_error)?;
-        }
-        JobAction::Cancel | JobAction::Discard => {
-            let on_stop = saga_step::check_stop(saga.as_ref())?;
-            let was_running = if action == JobAction::Cancel {
-                jobs::admin::cancel(pool, id).await.map_err(admin_error)? == jobs::JobState::Running
-            } else {
-                jobs::admin::discard(pool, id).await.map_err(admin_error)?;
-                false
-            };
-            if let OnStop::CancelSaga(saga_id) = on_stop {
-                let kind: String = sqlx::query_scalar("select kind from onboard.job where id = $1")
-                    .bind(id)
-                    .fetch_one(pool)
-                    .await?;
-                let interrupted = was_running
-                    .then(|| saga_step::step_of_kind(&kind))
-                    .flatten();
-                saga_step::cancel_saga(pool, saga_id, interrupted).await?;
+                .map_err(admin_error)?,
+            JobAction::Cancel => {
+                jobs::admin::cancel(pool, id).await.map_err(admin_error)?;
             }
-        }
+            JobAction::Discard => jobs::admin::discard(pool, id).await.map_err(admin_error)?,
+        },
+        Err(error) => return Err(saga_error(error)),
     }
-    let state: String = sqlx::query_scalar("select state::text from onboard.job where id = $1")
-        .bind(id)
-        .fetch_one(pool)
-        .await?;
-    Ok(json!({"id": id, "state": state, "onboarding_id": saga.map(|s| s.id)}))
+    let (state, args): (String, sqlx::types::Json<Value>) =
+        sqlx::query_as("select state::text, args from onboard.job where id = $1")
+            .bind(id)
+            .fetch_one(pool)
+            .await?;
+    Ok(json!({"id": id, "state": state, "onboarding_id": crate::read::jobs::saga_of(&args.0)}))
+}
+
+/// Runs a saga operation in a transaction of its own, committed when it succeeds.
+async fn in_tx<T>(
+    pool: &PgPool,
+    op: impl for<'c> FnOnce(
+        &'c mut sqlx::PgConnection,
+    ) -> std::pin::Pin<
+        Box<dyn Future<Output = Result<T, onboarding::saga::SagaError>> + Send + 'c>,
+    >,
+) -> Result<T, onboarding::saga::SagaError> {
+    let mut tx = pool.begin().await?;
+    let done = op(&mut tx).await?;
+    tx.commit().await?;
+    Ok(done)
 }
 
 /// The most jobs one bulk action touches.
@@ -243,17 +261,23 @@ async fn onboarding_unaudited(
     action: SagaAction,
 ) -> Result<Value, ApiError> {
     match action {
-        SagaAction::Cancel => saga_step::cancel_running_saga(pool, id).await?,
-        SagaAction::Restart | SagaAction::Retry => {
-            let mut tx = pool.begin().await?;
-            let done = if action == SagaAction::Restart {
-                onboarding::saga::restart(&mut tx, id).await
-            } else {
-                onboarding::saga::retry(&mut tx, id).await
-            };
-            done.map_err(saga_error)?;
-            tx.commit().await?;
+        SagaAction::Cancel => {
+            let cancelled = onboarding::saga::cancel_now(pool, id)
+                .await
+                .map_err(saga_error)?;
+            if !cancelled {
+                return Err(ApiError::conflict(
+                    "saga_committed",
+                    format!("onboarding {id} is past its point of no return and must finish"),
+                ));
+            }
         }
+        SagaAction::Restart => in_tx(pool, |tx| Box::pin(onboarding::saga::restart(tx, id)))
+            .await
+            .map_err(saga_error)?,
+        SagaAction::Retry => in_tx(pool, |tx| Box::pin(onboarding::saga::retry(tx, id)))
+            .await
+            .map_err(saga_error)?,
     }
     let state: String = sqlx::query_scalar("select state from onboard.onboarding where id = $1")
         .bind(id)

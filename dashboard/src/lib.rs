@@ -15,7 +15,6 @@ pub mod mask;
 pub mod pages;
 pub mod read;
 pub mod reveal;
-pub mod saga_step;
 pub mod secret;
 pub mod session;
 

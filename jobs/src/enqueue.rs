@@ -176,7 +176,9 @@ pub async fn discard(
         "update onboard.job
             set state = 'discarded', finalized_at = now(), lease_owner = null, lease_expires_at = null,
                 errors = array_append(errors, jsonb_build_object(
-                    'attempt', attempt, 'at', now(), 'worker', lease_owner, 'kind', 'permanent', 'message', $3::text))
+                    'attempt', attempt, 'at', now(), 'worker', lease_owner, 'kind', 'permanent',
+                    'duration_ms', (extract(epoch from clock_timestamp() - attempted_at) * 1000)::bigint,
+                    'message', $3::text))
           where id = $1 and attempt = $2 and state = 'running'",
     )
     .bind(id)

@@ -302,17 +302,45 @@ pub async fn receive(
             inbox_id: Some(inbox_id),
             job_id,
         }),
-        Ok(None) => Ok(Received {
-            new: false,
-            inbox_id: None,
-            job_id: None,
-        }),
+        Ok(None) => {
+            count_duplicates(conn, &[entry.svix_id.as_str()]).await?;
+            Ok(Received {
+                new: false,
+                inbox_id: None,
+                job_id: None,
+            })
+        }
         // Class 22 (data exception) on the jsonb cast: the body can never be stored.
         Err(sqlx::Error::Database(e)) if e.code().is_some_and(|c| c.starts_with("22")) => {
             Err(ReceiveError::Unstorable(e.message().to_owned()))
         }
         Err(e) => Err(ReceiveError::Database(e)),
     }
+}
+
+// Counts redeliveries (the rare path: a delivery whose svix-id is already stored). The rows
+// are locked in svix-id order, as the inserts take them, so two batches cannot deadlock.
+const COUNT_DUPLICATES: &str = "
+with d as (
+    select svix_id, count(*)::int as n from unnest($1::text[]) svix_id group by svix_id
+),
+l as (
+    select i.id, d.n from onboard.inbox i join d on d.svix_id = i.svix_id
+     order by i.svix_id
+       for update of i
+)
+update onboard.inbox i set duplicates = i.duplicates + l.n from l where i.id = l.id";
+
+/// Adds one to the duplicate count of each delivery's inbox row (an id listed twice, two).
+async fn count_duplicates(conn: &mut PgConnection, svix_ids: &[&str]) -> Result<(), sqlx::Error> {
+    if svix_ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(COUNT_DUPLICATES)
+        .bind(svix_ids)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// A delivery to store, owned: what [`receive_many`] takes.
@@ -428,7 +456,7 @@ pub async fn receive_many(
         Err(e) => return Err(ReceiveError::Database(e)),
     };
     // The first entry of a svix-id gets the new rows; any repeat is a duplicate.
-    Ok(entries
+    let received: Vec<Received> = entries
         .iter()
         .map(|entry| match stored.remove(&entry.svix_id) {
             Some((inbox_id, job_id)) => Received {
@@ -442,7 +470,15 @@ pub async fn receive_many(
                 job_id: None,
             },
         })
-        .collect())
+        .collect();
+    let duplicates: Vec<&str> = entries
+        .iter()
+        .zip(&received)
+        .filter(|(_, r)| !r.new)
+        .map(|(e, _)| e.svix_id.as_str())
+        .collect();
+    count_duplicates(conn, &duplicates).await?;
+    Ok(received)
 }
 
 /// A signed delivery that is not a Clerk envelope.

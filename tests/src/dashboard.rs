@@ -74,17 +74,48 @@ pub struct Session {
     base: String,
 }
 
-/// Posts the login form; returns the response.
+/// A login form as a browser gets it: its pre-session cookie pair (`onboard_login=…`) and
+/// the CSRF token of its hidden field.
+pub async fn login_form(d: &Dashboard, headers: HeaderMap) -> (String, String) {
+    let response = client()
+        .get(d.url("/login"))
+        .headers(headers)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let page = response.text().await.unwrap();
+    let field = "name=\"login_csrf\" value=\"";
+    let start = page.find(field).expect("the form's CSRF field") + field.len();
+    let token = page[start..].split('"').next().unwrap().to_owned();
+    (cookie, token)
+}
+
+/// Gets the login form, then posts it as a browser would; returns the response.
 pub async fn post_login(
     d: &Dashboard,
     name: &str,
     password: &str,
     headers: HeaderMap,
 ) -> reqwest::Response {
+    let (cookie, token) = login_form(d, headers.clone()).await;
     client()
         .post(d.url("/login"))
         .headers(headers)
-        .form(&[("name", name), ("password", password), ("next", "/jobs")])
+        .header(COOKIE, cookie)
+        .form(&[
+            ("name", name),
+            ("password", password),
+            ("next", "/jobs"),
+            ("login_csrf", &token),
+        ])
         .send()
         .await
         .unwrap()

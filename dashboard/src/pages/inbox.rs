@@ -51,7 +51,7 @@ pub async fn page(
     };
     let live = html! {
         table #inbox {
-            tr { th { "id" } th { "received" } th { "type" } th { "svix id" } th { "status" } th { "payload" } th { "" } }
+            tr { th { "id" } th { "received" } th { "type" } th { "svix id" } th { "status" } th { "duplicates" } th { "payload" } th { "" } }
             @for r in &rows {
                 @let shown = revealed(r.id);
                 tr {
@@ -60,6 +60,7 @@ pub async fn page(
                         @if r.ignored { (state("ignored")) }
                         @else if let (Some(job), Some(st)) = (r.job_id, &r.job_state) { a href={ "/jobs/" (job) } { "job " (job) } " " (state(st)) }
                     }
+                    td.duplicates { (r.duplicates) }
                     td { details id={ "payload-" (r.id) } { summary { "raw" @if shown { " (revealed)" } }
                         pre { (serde_json::to_string_pretty(&mask::json(&r.payload.0, shown)).unwrap_or_default()) } } }
                     td {

@@ -125,11 +125,8 @@ pub async fn detail(
         .ok_or_else(|| PageError(ApiError::not_found(format!("no job {id}"))))?;
     let j = &job.job;
     let here = format!("/jobs/{id}");
-    let waiting = matches!(j.state.as_str(), "available" | "scheduled" | "retryable");
-    // Buttons the saga would refuse are not shown (the API refuses them too).
-    let saga = crate::saga_step::saga_of_job(&s.pool, id).await?;
-    let can_retry = j.state != "running" && crate::saga_step::check_retry(saga.as_ref()).is_ok();
-    let can_stop = crate::saga_step::check_stop(saga.as_ref()).is_ok();
+    // Only the buttons the action would accept are shown (the API refuses the others too).
+    let allowed = read::jobs::allowed(&s.pool, j).await?;
     let live = html! {
         div.cards {
             div.card {
@@ -143,26 +140,27 @@ pub async fn detail(
                 @if let Some(saga) = job.onboarding_id { p { "step of " a #saga-link href={ "/onboardings/" (saga) } { "onboarding " (saga) } } }
                 @if caller.can_act() {
                     p #actions {
-                        @if can_retry { (action(&caller, &format!("/jobs/{id}/retry"), "retry", &here, false)) " " }
-                        @if can_stop && (waiting || j.state == "running") { (action(&caller, &format!("/jobs/{id}/cancel"), "cancel", &here, true)) " " }
-                        @if can_stop && waiting { (action(&caller, &format!("/jobs/{id}/discard"), "discard", &here, true)) }
-                        @if let Some(saga) = &saga { span.muted { " (onboarding " (saga.id) " is " (saga.state) ")" } }
+                        @if allowed.retry { (action(&caller, &format!("/jobs/{id}/retry"), "retry", &here, false)) " " }
+                        @if allowed.cancel { (action(&caller, &format!("/jobs/{id}/cancel"), "cancel", &here, true)) " " }
+                        @if allowed.discard { (action(&caller, &format!("/jobs/{id}/discard"), "discard", &here, true)) }
+                        @if let Some(saga) = &allowed.saga { span.muted { " (onboarding " (saga.0) " is " (saga.1) ")" } }
                     }
                 }
             }
             div.card { h2 { "args" } pre { (serde_json::to_string_pretty(&crate::mask::json(&j.args.0, false)).unwrap_or_default()) } }
         }
-        h2 { "Attempts that failed" }
-        table #errors {
-            tr { th { "attempt" } th { "at" } th { "worker" } th { "kind" } th { "error" } }
-            @for e in &job.errors {
+        h2 { "Attempts" }
+        table #attempts {
+            tr { th { "attempt" } th { "started" } th { "ended" } th { "duration" } th { "worker" } th { "outcome" } th { "error" } }
+            @for a in &job.attempts {
                 tr {
-                    td { (e["attempt"]) } td { (e["at"].as_str().unwrap_or("")) } td { code { (e["worker"].as_str().unwrap_or("")) } }
-                    td { (e["kind"].as_str().unwrap_or("")) } td.error { (crate::mask::text(e["message"].as_str().unwrap_or(""), false)) }
+                    td { (a.attempt) } td { (time_opt(a.started_at.as_ref())) } td { (time_opt(a.ended_at.as_ref())) }
+                    td.duration { (duration(a.duration_ms)) } td { code { (a.worker.as_deref().unwrap_or("")) } }
+                    td { (state(&a.outcome)) } td.error { (crate::mask::text(a.error.as_deref().unwrap_or(""), false)) }
                 }
             }
         }
-        @if job.errors.is_empty() { p.muted { "No failed attempt." } }
+        @if job.attempts.is_empty() { p.muted { "Not attempted yet." } }
     };
     Ok(layout::page(
         &caller,
@@ -171,4 +169,14 @@ pub async fn detail(
         html! {},
         live,
     ))
+}
+
+/// A duration in milliseconds as an operator reads it.
+fn duration(ms: Option<i64>) -> String {
+    match ms {
+        None => String::new(),
+        Some(ms) if ms < 1000 => format!("{ms} ms"),
+        Some(ms) if ms < 60_000 => format!("{:.1} s", ms as f64 / 1000.0),
+        Some(ms) => format!("{} min {} s", ms / 60_000, (ms % 60_000) / 1000),
+    }
 }

@@ -19,7 +19,7 @@ pub async fn page(caller: Caller, State(s): State<DashboardState>) -> PageResult
             @for q in &queues {
                 tr data-queue=(q.name) {
                     td { a href={ "/jobs?queue=" (q.name) } { (q.name) } }
-                    td { (q.available) } td { (q.waiting) } td { (q.running) }
+                    td { (q.available) @if q.capped { "+" } } td { (q.waiting) @if q.capped { "+" } } td { (q.running) }
                     td { @if let Some(age) = q.oldest_age_s { (format!("{age:.0} s")) } }
                     td { (q.completed_last_minute) }
                     td { (q.max_running.map(|n| n.to_string()).unwrap_or_else(|| "—".into())) }
@@ -42,6 +42,7 @@ pub async fn page(caller: Caller, State(s): State<DashboardState>) -> PageResult
                 }
             }
         }
+        @if queues.iter().any(|q| q.capped) { p.muted { "n+: at least n (counts stop at " (read::overview::COUNT_CAP) " per state)." } }
         p.muted { "Caps set here survive worker restarts: built-in defaults apply only to a queue whose caps no operator has set." }
     };
     Ok(layout::page(&caller, "/queues", "Queues", html! {}, live))

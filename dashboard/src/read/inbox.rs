@@ -38,6 +38,8 @@ pub struct InboxRow {
     pub event_type: String,
     /// Stored but not acted on.
     pub ignored: bool,
+    /// How many times the same `svix-id` was delivered again after the first.
+    pub duplicates: i32,
     /// When it arrived.
     pub received_at: Time,
     /// Its job.
@@ -56,7 +58,7 @@ pub async fn list(
     asked: Option<i64>,
 ) -> Result<Vec<InboxRow>, sqlx::Error> {
     let mut sql: QueryBuilder<Postgres> = QueryBuilder::new(
-        "select i.id, i.svix_id, i.event_type, i.ignored, i.received_at, j.id as job_id,
+        "select i.id, i.svix_id, i.event_type, i.ignored, i.duplicates, i.received_at, j.id as job_id,
                 j.state::text as job_state, i.payload
            from onboard.inbox i
            left join lateral (select id, state from onboard.job

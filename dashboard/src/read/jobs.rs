@@ -37,7 +37,30 @@ impl JobFilter {
         }
     }
 
-    fn push_where(&self, sql: &mut QueryBuilder<Postgres>, org_jobs: Option<Vec<i64>>) {
+    /// Pushes ` from … where …`. A text search reads its rows from the live jobs that match
+    /// it (waiting ones through the trigram index `job_waiting_args_trgm_idx`, running ones,
+    /// few, through `job_running_idx`), so neither the order by id nor the other filters can
+    /// make the plan walk the whole table.
+    fn push_from_where(&self, sql: &mut QueryBuilder<Postgres>, org_jobs: Option<Vec<i64>>) {
+        match &self.q {
+            Some(q) => {
+                let pattern = format!("%{}%", like_escape(q));
+                sql.push(
+                    " from (select * from onboard.job
+                             where state in ('available', 'scheduled', 'retryable') and args::text ilike ",
+                )
+                .push_bind(pattern.clone())
+                .push(
+                    " union all select * from onboard.job
+                             where state = 'running' and args::text ilike ",
+                )
+                .push_bind(pattern)
+                .push(") job");
+            }
+            None => {
+                sql.push(" from onboard.job");
+            }
+        }
         sql.push(" where true");
         if let Some(state) = &self.state {
             if STATES.contains(&state.as_str()) {
@@ -57,21 +80,6 @@ impl JobFilter {
         if let Some(ids) = org_jobs {
             // The org's job ids are looked up first (two partial indexes), then fetched by id.
             sql.push(" and id = any(").push_bind(ids).push(")");
-        }
-        if let Some(q) = &self.q {
-            // Only live jobs are searched: their partial indexes bound the scan.
-            let pattern = format!("%{}%", like_escape(q));
-            sql.push(
-                " and id in (select id from onboard.job
-                              where state in ('available', 'scheduled', 'retryable') and args::text ilike ",
-            )
-            .push_bind(pattern.clone())
-            .push(
-                " union all select id from onboard.job
-                             where state = 'running' and args::text ilike ",
-            )
-            .push_bind(pattern)
-            .push(")");
         }
     }
 
@@ -131,7 +139,7 @@ pub struct JobRow {
     pub args: sqlx::types::Json<Value>,
 }
 
-const JOB_COLUMNS: &str = "select id, queue, kind, state::text as state, attempt, max_attempts, run_at, created_at, finalized_at, args from onboard.job";
+const JOB_COLUMNS: &str = "select id, queue, kind, state::text as state, attempt, max_attempts, run_at, created_at, finalized_at, args";
 
 /// Jobs matching `filter`, newest first, with ids below `before`.
 pub async fn list(
@@ -142,7 +150,7 @@ pub async fn list(
 ) -> Result<Vec<JobRow>, sqlx::Error> {
     let org_jobs = filter.org_jobs(pool).await?;
     let mut sql = QueryBuilder::new(JOB_COLUMNS);
-    filter.push_where(&mut sql, org_jobs);
+    filter.push_from_where(&mut sql, org_jobs);
     if let Some(before) = before {
         sql.push(" and id < ").push_bind(before);
     }
@@ -153,8 +161,8 @@ pub async fn list(
 /// Ids of every job matching `filter` (a bulk action on a filter), at most `cap`.
 pub async fn ids(pool: &PgPool, filter: &JobFilter, cap: i64) -> Result<Vec<i64>, sqlx::Error> {
     let org_jobs = filter.org_jobs(pool).await?;
-    let mut sql = QueryBuilder::new("select id from onboard.job");
-    filter.push_where(&mut sql, org_jobs);
+    let mut sql = QueryBuilder::new("select id");
+    filter.push_from_where(&mut sql, org_jobs);
     sql.push(" order by id desc limit ").push_bind(cap);
     sql.build_query_scalar()
         .persistent(false)
@@ -178,10 +186,83 @@ pub struct JobDetail {
     pub unique_key: Option<String>,
     /// An operator asked it to stop.
     pub cancel_requested: bool,
-    /// Every failed attempt: `{attempt, at, worker, message, kind}`.
+    /// Every failed attempt as the queue recorded it: `{attempt, at, worker, duration_ms,
+    /// message, kind}`.
     pub errors: Vec<Value>,
+    /// Every attempt, oldest first: the failed ones, then the last one if it did not fail.
+    pub attempts: Vec<Attempt>,
     /// The saga it is a step of.
     pub onboarding_id: Option<i64>,
+}
+
+/// One attempt of a job.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Attempt {
+    /// Its number, from 1.
+    pub attempt: i64,
+    /// When it started (known for the last attempt, and for failed ones that recorded a
+    /// duration).
+    pub started_at: Option<Time>,
+    /// When it ended (a running one has not).
+    pub ended_at: Option<Time>,
+    /// How long it ran, in milliseconds.
+    pub duration_ms: Option<i64>,
+    /// The worker that ran it, when known.
+    pub worker: Option<String>,
+    /// How it ended: the error kind of a failed attempt (`error`, `timeout`, `permanent`,
+    /// `cancelled`, `lease_expired`, …), `completed`, or `running`.
+    pub outcome: String,
+    /// The error text of a failed attempt.
+    pub error: Option<String>,
+}
+
+/// Every attempt of a job, from its `errors` history and its last attempt's columns.
+pub fn attempts(
+    job: &JobRow,
+    errors: &[Value],
+    attempted_at: Option<Time>,
+    lease_owner: Option<&str>,
+) -> Vec<Attempt> {
+    let mut out: Vec<Attempt> = errors
+        .iter()
+        .map(|e| {
+            let ended_at = e["at"].as_str().and_then(|t| t.parse::<Time>().ok());
+            let duration_ms = e["duration_ms"].as_i64();
+            Attempt {
+                attempt: e["attempt"].as_i64().unwrap_or_default(),
+                started_at: ended_at
+                    .zip(duration_ms)
+                    .map(|(end, ms)| end - chrono::Duration::milliseconds(ms)),
+                ended_at,
+                duration_ms,
+                worker: e["worker"].as_str().map(str::to_owned),
+                outcome: e["kind"].as_str().unwrap_or("error").to_owned(),
+                error: e["message"].as_str().map(str::to_owned),
+            }
+        })
+        .collect();
+    let last = i64::from(job.attempt);
+    let recorded = out.iter().any(|a| a.attempt == last);
+    if last > 0 && !recorded {
+        let ended_at = match job.state.as_str() {
+            "running" => None,
+            _ => job.finalized_at,
+        };
+        if matches!(job.state.as_str(), "running" | "completed") {
+            out.push(Attempt {
+                attempt: last,
+                started_at: attempted_at,
+                ended_at,
+                duration_ms: attempted_at
+                    .zip(ended_at)
+                    .map(|(start, end)| (end - start).num_milliseconds()),
+                worker: lease_owner.map(str::to_owned),
+                outcome: job.state.clone(),
+                error: None,
+            });
+        }
+    }
+    out
 }
 
 #[derive(sqlx::FromRow)]
@@ -208,6 +289,8 @@ pub async fn get(pool: &PgPool, id: i64) -> Result<Option<JobDetail>, sqlx::Erro
     .await?;
     Ok(row.map(|r| {
         let onboarding_id = saga_of(&r.job.args.0);
+        let errors: Vec<Value> = r.errors.into_iter().map(|e| e.0).collect();
+        let attempts = attempts(&r.job, &errors, r.attempted_at, r.lease_owner.as_deref());
         JobDetail {
             job: r.job,
             lease_owner: r.lease_owner,
@@ -215,7 +298,8 @@ pub async fn get(pool: &PgPool, id: i64) -> Result<Option<JobDetail>, sqlx::Erro
             attempted_at: r.attempted_at,
             unique_key: r.unique_key,
             cancel_requested: r.cancel_requested,
-            errors: r.errors.into_iter().map(|e| e.0).collect(),
+            errors,
+            attempts,
             onboarding_id,
         }
     }))
@@ -224,4 +308,43 @@ pub async fn get(pool: &PgPool, id: i64) -> Result<Option<JobDetail>, sqlx::Erro
 /// The saga a job belongs to, from its args.
 pub fn saga_of(args: &Value) -> Option<i64> {
     args.get("onboarding_id").and_then(Value::as_i64)
+}
+
+/// The actions on a job its state allows (and, for a saga's job, its saga).
+#[derive(Debug, Clone, Serialize)]
+pub struct Allowed {
+    /// Retry (run now).
+    pub retry: bool,
+    /// Cancel.
+    pub cancel: bool,
+    /// Discard.
+    pub discard: bool,
+    /// The saga of a saga's step or compensation job: its id and state.
+    #[serde(skip)]
+    pub saga: Option<(i64, String)>,
+}
+
+/// What the job's actions would accept now: a saga's job as the saga decides
+/// (`onboarding::saga::step_job_actions`), any other job by its state, as `jobs::admin` does.
+pub async fn allowed(pool: &PgPool, job: &JobRow) -> Result<Allowed, sqlx::Error> {
+    use onboarding::saga::SagaError;
+    let mut conn = pool.acquire().await?;
+    match onboarding::saga::step_job_actions(&mut conn, job.id).await {
+        Ok(a) => Ok(Allowed {
+            retry: a.retry,
+            cancel: a.cancel,
+            discard: a.discard,
+            saga: Some((a.onboarding_id, a.saga_state)),
+        }),
+        Err(SagaError::Database(e)) => Err(e),
+        Err(_) => {
+            let waiting = matches!(job.state.as_str(), "available" | "scheduled" | "retryable");
+            Ok(Allowed {
+                retry: job.state != "running",
+                cancel: waiting || job.state == "running",
+                discard: waiting,
+                saga: None,
+            })
+        }
+    }
 }

@@ -108,7 +108,7 @@ pub struct StepRow {
 }
 
 /// What an operator may do to a saga in its state (DESIGN.md §4).
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 pub struct Allowed {
     /// `compensated`: start again from step 1.
     pub restart: bool,
@@ -172,7 +172,15 @@ pub async fn get(pool: &PgPool, id: i64) -> Result<Option<OnboardingDetail>, sql
     .bind(id)
     .fetch_all(pool)
     .await?;
-    let allowed = allowed(&row.state, &steps);
+    let allowed = match onboarding::saga::saga_actions(&mut *pool.acquire().await?, id).await {
+        Ok(a) => Allowed {
+            restart: a.restart,
+            retry: a.retry,
+            cancel: a.cancel,
+        },
+        Err(onboarding::saga::SagaError::Database(e)) => return Err(e),
+        Err(_) => Allowed::default(),
+    };
     Ok(Some(OnboardingDetail {
         row,
         request: request.0,
@@ -180,16 +188,4 @@ pub async fn get(pool: &PgPool, id: i64) -> Result<Option<OnboardingDetail>, sql
         jobs,
         allowed,
     }))
-}
-
-/// The actions a saga in `state` with these steps allows.
-pub fn allowed(state: &str, steps: &[StepRow]) -> Allowed {
-    let committed = steps
-        .iter()
-        .any(|s| s.name == onboarding::saga::POINT_OF_NO_RETURN && s.state == "done");
-    Allowed {
-        restart: state == "compensated",
-        retry: matches!(state, "completed_with_errors" | "compensation_failed"),
-        cancel: state == "running" && !committed,
-    }
 }

@@ -162,25 +162,29 @@ pub async fn read(
     )
     .fetch_all(pool)
     .await?;
-    // Per queue, in the fetch index's order (priority, then run_at: what runs next), so each
+    // Per queue, the next `available` job in the fetch index's order (priority, then run_at:
+    // what runs next) and the oldest due waiting one (`job_waiting_idx`'s order), so each
     // lookup reads one index entry; the oldest of those is the overview's.
     let mut queues: Vec<&str> = live.iter().map(|c| c.queue.as_str()).collect();
     queues.sort_unstable();
     queues.dedup();
     let mut oldest_available: Option<(i64, String, f64)> = None;
     for queue in queues {
-        let first: Option<(i64, String, f64)> = sqlx::query_as(
+        for sql in [
             "select id, queue, extract(epoch from now() - run_at)::float8 from onboard.job
-              where state in ('available', 'scheduled', 'retryable') and queue = $1 and run_at <= now()
+              where state = 'available' and queue = $1 and run_at <= now()
               order by queue, priority, run_at, id limit 1",
-        )
-        .bind(queue)
-        .fetch_optional(pool)
-        .await?;
-        if let Some(first) = first
-            && oldest_available.as_ref().is_none_or(|o| first.2 > o.2)
-        {
-            oldest_available = Some(first);
+            "select id, queue, extract(epoch from now() - run_at)::float8 from onboard.job
+              where state in ('scheduled', 'retryable') and queue = $1 and run_at <= now()
+              order by queue, run_at limit 1",
+        ] {
+            let first: Option<(i64, String, f64)> =
+                sqlx::query_as(sql).bind(queue).fetch_optional(pool).await?;
+            if let Some(first) = first
+                && oldest_available.as_ref().is_none_or(|o| first.2 > o.2)
+            {
+                oldest_available = Some(first);
+            }
         }
     }
     let mut onboardings = Vec::new();

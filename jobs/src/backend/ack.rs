@@ -81,6 +81,8 @@ impl Verdict {
 pub(crate) struct Outcome {
     pub(crate) ctx: JobContext,
     pub(crate) verdict: Verdict,
+    /// How long the attempt ran (zero when it never started).
+    pub(crate) elapsed: Duration,
 }
 
 #[derive(Debug)]
@@ -162,8 +164,13 @@ where
                 .await
                 .capped(shared.config.max_delay);
             let outcome = verdict.outcome(&ctx);
-            crate::metrics::attempt(&ctx.queue, &ctx.kind, outcome, started.elapsed());
-            let outcome = Outcome { ctx, verdict };
+            let elapsed = started.elapsed();
+            crate::metrics::attempt(&ctx.queue, &ctx.kind, outcome, elapsed);
+            let outcome = Outcome {
+                ctx,
+                verdict,
+                elapsed,
+            };
             if outcome.ctx.is_settled() {
                 // The handler's own committed transaction recorded the outcome.
                 settle(&shared, std::slice::from_ref(&outcome));
@@ -407,6 +414,7 @@ async fn write_each(shared: &Shared, batch: &mut Vec<Outcome>) {
                 let minimal = outcome.verdict.minimal().map(|verdict| Outcome {
                     ctx: outcome.ctx.clone(),
                     verdict,
+                    elapsed: outcome.elapsed,
                 });
                 let stored = match &minimal {
                     Some(minimal) => write(shared, std::slice::from_ref(minimal)).await,
@@ -491,22 +499,15 @@ async fn write(shared: &Shared, batch: &[Outcome]) -> Result<(), sqlx::Error> {
                 delay,
                 error_kind,
             } => {
-                fail(&mut tx, shared, ctx, message, error_kind, false, *delay).await?;
+                let record = error_record(shared, ctx, message, error_kind, outcome.elapsed);
+                fail(&mut tx, ctx, message, record, false, *delay).await?;
             }
             Verdict::Discard {
                 message,
                 error_kind,
             } => {
-                fail(
-                    &mut tx,
-                    shared,
-                    ctx,
-                    message,
-                    error_kind,
-                    true,
-                    Duration::ZERO,
-                )
-                .await?;
+                let record = error_record(shared, ctx, message, error_kind, outcome.elapsed);
+                fail(&mut tx, ctx, message, record, true, Duration::ZERO).await?;
             }
             Verdict::Snooze(delay) => {
                 sqlx::query(SNOOZE)
@@ -525,6 +526,7 @@ async fn write(shared: &Shared, batch: &[Outcome]) -> Result<(), sqlx::Error> {
                         ctx,
                         message,
                         "cancelled",
+                        outcome.elapsed,
                     )))
                     .execute(&mut *tx)
                     .await?;
@@ -536,10 +538,9 @@ async fn write(shared: &Shared, batch: &[Outcome]) -> Result<(), sqlx::Error> {
 
 async fn fail(
     tx: &mut sqlx::PgConnection,
-    shared: &Shared,
     ctx: &JobContext,
     message: &str,
-    error_kind: &str,
+    record: serde_json::Value,
     permanent: bool,
     delay: Duration,
 ) -> Result<(), sqlx::Error> {
@@ -549,25 +550,26 @@ async fn fail(
         .bind(ctx.attempt)
         .bind(permanent)
         .bind(millis(delay))
-        .bind(sqlx::types::Json(error_record(
-            shared, ctx, message, error_kind,
-        )))
+        .bind(sqlx::types::Json(record))
         .execute(tx)
         .await?;
     Ok(())
 }
 
-/// One entry of `job.errors`: what an operator reads on the dashboard.
+/// One entry of `job.errors`: what an operator reads on the dashboard. `at` is when the
+/// outcome was recorded, `duration_ms` how long the attempt ran.
 pub(crate) fn error_record(
     shared: &Shared,
     ctx: &JobContext,
     message: &str,
     kind: &str,
+    elapsed: Duration,
 ) -> serde_json::Value {
     serde_json::json!({
         "attempt": ctx.attempt,
         "at": chrono::Utc::now(),
         "worker": shared.owner,
+        "duration_ms": millis(elapsed),
         "message": crate::error::storable(message),
         "kind": kind,
     })

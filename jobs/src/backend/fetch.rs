@@ -397,6 +397,7 @@ fn to_task<Args: JobArgs>(shared: &Shared, row: &PgRow) -> Option<Task<Args>> {
                     message: reason,
                     error_kind: "undecodable",
                 },
+                elapsed: std::time::Duration::ZERO,
             }));
             None
         }

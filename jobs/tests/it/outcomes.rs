@@ -163,6 +163,48 @@ async fn an_outcome_the_database_rejects_in_every_form_is_left_to_the_lease_reap
     assert_eq!(db.state(poison).await, "retryable");
 }
 
+#[tokio::test]
+async fn each_failed_attempt_records_how_long_it_ran() {
+    let db = fresh_db().await;
+    let id = db
+        .add(NewJob::new("slow_failure", json!({})).max_attempts(2))
+        .await;
+    let fast = KindOptions {
+        retry: jobs::RetryPolicy {
+            base: Duration::from_millis(10),
+            cap: Duration::from_millis(40),
+            jitter: 0.1,
+        },
+        ..Default::default()
+    };
+    let config = QueueConfig::new("default")
+        .kinds(Kinds::new(KindOptions::default()).with("slow_failure", fast));
+    let worker = spawn_worker(db.pool.clone(), config, |_, _| async {
+        // The attempt's own work: the recorded duration cannot be shorter than this.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        Err::<(), _>(JobError::retry("still failing"))
+    });
+    wait_for("both attempts to fail", SETTLE, || async {
+        (db.state(id).await == "discarded").then_some(())
+    })
+    .await;
+    worker.shutdown().await;
+    let entries: Vec<(i32, Option<i64>, Option<String>)> = sqlx::query_as(
+        "select (e->>'attempt')::int, (e->>'duration_ms')::bigint, e->>'worker'
+           from onboard.job, unnest(errors) e where id = $1",
+    )
+    .bind(id)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    for (n, (attempt, duration_ms, worker)) in entries.into_iter().enumerate() {
+        assert_eq!(attempt, i32::try_from(n).unwrap() + 1);
+        assert!(duration_ms.is_some_and(|ms| ms >= 150), "{duration_ms:?}");
+        assert!(worker.is_some_and(|w| !w.is_empty()));
+    }
+}
+
 /// A handler that recorded its job's outcome in its own transaction says so with
 /// `JobContext::settle`: the runtime frees the slot and writes nothing for that attempt. The
 /// handler here settles without completing, so a write would show as the job completing; with

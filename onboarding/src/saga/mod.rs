@@ -13,7 +13,9 @@ mod operator;
 mod reconcile;
 
 pub use operator::{
-    JobCancelled, SagaError, cancel, cancel_step_job, restart, retry, retry_step_job,
+    JobCancelled, SagaActions, SagaError, StepJobActions, cancel, cancel_now, cancel_step_job,
+    cancel_step_job_now, discard_step_job, restart, retry, retry_step_job, saga_actions,
+    step_job_actions,
 };
 pub use reconcile::{
     RECONCILE_EVERY, RECONCILE_KIND, Reconciled, reconcile, reconcile_job, stranded,
@@ -76,12 +78,21 @@ pub fn undo_kind(step: &str) -> String {
 
 /// Locks the saga's row: work on one organization is serialised by this lock.
 pub async fn lock(conn: &mut PgConnection, id: i64) -> Result<Option<Saga>, sqlx::Error> {
-    let row = sqlx::query(
-        "select id, clerk_org_id, state, request, run from onboard.onboarding where id = $1 for update",
-    )
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await?;
+    fetch(conn, id, true).await
+}
+
+/// Reads the saga's row without locking it (for checks that change nothing).
+pub(crate) async fn read(conn: &mut PgConnection, id: i64) -> Result<Option<Saga>, sqlx::Error> {
+    fetch(conn, id, false).await
+}
+
+async fn fetch(conn: &mut PgConnection, id: i64, lock: bool) -> Result<Option<Saga>, sqlx::Error> {
+    let sql = if lock {
+        "select id, clerk_org_id, state, request, run from onboard.onboarding where id = $1 for update"
+    } else {
+        "select id, clerk_org_id, state, request, run from onboard.onboarding where id = $1"
+    };
+    let row = sqlx::query(sql).bind(id).fetch_optional(&mut *conn).await?;
     row.map(|row| {
         Ok(Saga {
             id: row.try_get("id")?,

@@ -1,9 +1,12 @@
-//! Operator actions on a saga (restart, retry, cancel) and on a single job of one (cancel or
-//! retry a step or compensation job), each in the caller's transaction under the saga's row
-//! lock, with typed errors whose [`SagaError::code`] is stable for the dashboard and the API.
+//! Operator actions on a saga (restart, retry, cancel) and on a single job of one (cancel,
+//! discard or retry a step or compensation job), each in the caller's transaction under the
+//! saga's row lock, with typed errors whose [`SagaError::code`] is stable for the dashboard and
+//! the API; `*_now` variants for callers outside a transaction that must not wait for a step in
+//! flight; and check-only twins ([`saga_actions`], [`step_job_actions`]) that say which actions
+//! would be accepted, so the dashboard shows only those.
 
 use serde_json::Value;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 
 use super::{
     POINT_OF_NO_RETURN, Saga, begin_compensation, cancel_live_jobs, compensable_steps,
@@ -112,17 +115,55 @@ async fn lock_existing(conn: &mut PgConnection, id: i64) -> Result<Saga, SagaErr
     lock(conn, id).await?.ok_or(SagaError::NotFound(id))
 }
 
-async fn refuse_deleted(conn: &mut PgConnection, saga: &Saga) -> Result<(), SagaError> {
+async fn org_deleted(conn: &mut PgConnection, saga: &Saga) -> Result<bool, sqlx::Error> {
     let deleted: Option<bool> = sqlx::query_scalar(
         "select deleted_at is not null from onboard.organization where clerk_org_id = $1",
     )
     .bind(&saga.clerk_org_id)
     .fetch_optional(conn)
     .await?;
-    if deleted == Some(true) {
+    Ok(deleted == Some(true))
+}
+
+async fn refuse_deleted(conn: &mut PgConnection, saga: &Saga) -> Result<(), SagaError> {
+    if org_deleted(conn, saga).await? {
         return Err(SagaError::OrganizationDeleted(saga.clerk_org_id.clone()));
     }
     Ok(())
+}
+
+/// What an operator may do with a saga now, as [`restart`], [`retry`] and [`cancel`] would
+/// decide (to show only the allowed actions).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SagaActions {
+    /// [`restart`] would restart it.
+    pub restart: bool,
+    /// [`retry`] would retry its failed step or compensation.
+    pub retry: bool,
+    /// [`cancel`] would cancel it (it is running, before its point of no return).
+    pub cancel: bool,
+}
+
+/// Checks only (no lock, no change): the actions on saga `id` allowed now.
+pub async fn saga_actions(conn: &mut PgConnection, id: i64) -> Result<SagaActions, SagaError> {
+    let saga = super::read(conn, id)
+        .await?
+        .ok_or(SagaError::NotFound(id))?;
+    let deleted = org_deleted(conn, &saga).await?;
+    let (failed, committed): (bool, bool) = sqlx::query_as(
+        "select exists (select 1 from onboard.onboarding_step where onboarding_id = $1 and state = 'failed'),
+                exists (select 1 from onboard.onboarding_step where onboarding_id = $1 and name = $2 and state = 'done')",
+    )
+    .bind(id)
+    .bind(POINT_OF_NO_RETURN)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(SagaActions {
+        restart: saga.state == "compensated" && !deleted,
+        retry: (saga.state == "completed_with_errors" && failed)
+            || saga.state == "compensation_failed",
+        cancel: saga.state == "running" && !committed,
+    })
 }
 
 /// Starts the saga's next run: cancels every live job of the current one, so none of them
@@ -238,6 +279,7 @@ enum SagaJob {
 }
 
 struct JobRow {
+    id: i64,
     job: SagaJob,
     saga: Saga,
     state: String,
@@ -245,9 +287,37 @@ struct JobRow {
     current: bool,
 }
 
-/// Reads job `job_id`, locks its saga, then locks the job row (in that order, as the saga's
-/// handlers do), and says whether the job is the saga's current work.
-async fn lock_job(conn: &mut PgConnection, job_id: i64) -> Result<JobRow, SagaError> {
+/// The job states an operator can stop a job in: waiting, or running too for a cancel.
+const WAITING: [&str; 3] = ["available", "scheduled", "retryable"];
+
+/// How an operator stops a saga job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// A waiting or running job ends `cancelled`.
+    Cancel,
+    /// A waiting job ends `discarded`.
+    Discard,
+}
+
+impl Stop {
+    fn action(self) -> &'static str {
+        match self {
+            Stop::Cancel => "cancel",
+            Stop::Discard => "discard",
+        }
+    }
+
+    fn job_state(self) -> &'static str {
+        match self {
+            Stop::Cancel => "cancelled",
+            Stop::Discard => "discarded",
+        }
+    }
+}
+
+/// Reads job `job_id` and its saga. With `lock`, locks the saga, then the job row (in that
+/// order, as the saga's handlers do); without, reads both as they are (for checks only).
+async fn read_job(conn: &mut PgConnection, job_id: i64, lock: bool) -> Result<JobRow, SagaError> {
     let row: Option<(String, sqlx::types::Json<Value>)> =
         sqlx::query_as("select kind, args from onboard.job where id = $1")
             .bind(job_id)
@@ -269,18 +339,29 @@ async fn lock_job(conn: &mut PgConnection, job_id: i64) -> Result<JobRow, SagaEr
         })
         .ok_or(SagaError::NotASagaJob(job_id))?;
     let target = super::JobTarget::from_args(&args.0).ok_or(SagaError::NotASagaJob(job_id))?;
-    let saga = lock_existing(conn, target.onboarding_id).await?;
-    let (state, unique_key): (String, Option<String>) =
-        sqlx::query_as("select state::text, unique_key from onboard.job where id = $1 for update")
-            .bind(job_id)
-            .fetch_one(&mut *conn)
-            .await?;
+    let saga = if lock {
+        lock_existing(conn, target.onboarding_id).await?
+    } else {
+        super::read(conn, target.onboarding_id)
+            .await?
+            .ok_or(SagaError::NotFound(target.onboarding_id))?
+    };
+    let sql = if lock {
+        "select state::text, unique_key from onboard.job where id = $1 for update"
+    } else {
+        "select state::text, unique_key from onboard.job where id = $1"
+    };
+    let (state, unique_key): (String, Option<String>) = sqlx::query_as(sql)
+        .bind(job_id)
+        .fetch_one(&mut *conn)
+        .await?;
     let phase = match job {
         SagaJob::Step(_) => "running",
         SagaJob::Undo(_) => "compensating",
     };
     let current = target.run == saga.run && saga.state == phase;
     Ok(JobRow {
+        id: job_id,
         job,
         saga,
         state,
@@ -289,7 +370,59 @@ async fn lock_job(conn: &mut PgConnection, job_id: i64) -> Result<JobRow, SagaEr
     })
 }
 
-/// The outcome of [`cancel_step_job`].
+impl JobRow {
+    /// Why stopping the job is refused, if it is. A job that was already cancelled outside
+    /// its saga (a raw cancel, or the signal of [`cancel_step_job_now`]) while its saga still
+    /// waits on it is stopped again: that settles the saga as a cancel would have.
+    fn stop_refusal(&self, stop: Stop) -> Option<SagaError> {
+        let stoppable = WAITING.contains(&self.state.as_str())
+            || (stop == Stop::Cancel && self.state == "running")
+            || (stop == Stop::Cancel && self.state == "cancelled" && self.current);
+        (!stoppable).then(|| SagaError::JobState {
+            job: self.id,
+            state: self.state.clone(),
+            action: stop.action(),
+        })
+    }
+
+    /// Why retrying the job is refused, if it is; `taken`: another live job holds its key.
+    fn retry_refusal(&self, taken: bool) -> Option<SagaError> {
+        if self.saga.is_terminal() {
+            return Some(SagaError::Terminal {
+                id: self.saga.id,
+                state: self.saga.state.clone(),
+            });
+        }
+        if !self.current {
+            return Some(SagaError::StaleJob {
+                job: self.id,
+                id: self.saga.id,
+            });
+        }
+        if matches!(self.state.as_str(), "running" | "completed") {
+            return Some(SagaError::JobState {
+                job: self.id,
+                state: self.state.clone(),
+                action: "retry",
+            });
+        }
+        taken.then_some(SagaError::JobKeyTaken(self.id))
+    }
+
+    /// True when another live job holds this job's unique key.
+    async fn key_taken(&self, conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar(
+            "select exists (select 1 from onboard.job where unique_key = $1 and id <> $2
+                              and state in ('available', 'scheduled', 'running', 'retryable'))",
+        )
+        .bind(&self.unique_key)
+        .bind(self.id)
+        .fetch_one(conn)
+        .await
+    }
+}
+
+/// The outcome of [`cancel_step_job`] and [`discard_step_job`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobCancelled {
     /// The job's saga.
@@ -298,37 +431,27 @@ pub struct JobCancelled {
     pub saga_state: String,
 }
 
-/// Operator: cancels a waiting or running step or compensation job, saga-aware. Cancelling the
-/// current step of a running saga fails that step for good (the saga compensates, or ends
-/// `completed_with_errors` past its point of no return); cancelling the current compensation
-/// ends the saga `compensation_failed`. Any other saga job (left over, of an earlier run) is
-/// just cancelled. A running job's handler finds its job gone and commits nothing.
-pub async fn cancel_step_job(
+async fn stop_step_job(
     conn: &mut PgConnection,
     job_id: i64,
+    stop: Stop,
 ) -> Result<JobCancelled, SagaError> {
-    let row = lock_job(conn, job_id).await?;
-    if !matches!(
-        row.state.as_str(),
-        "available" | "scheduled" | "running" | "retryable"
-    ) {
-        return Err(SagaError::JobState {
-            job: job_id,
-            state: row.state,
-            action: "cancel",
-        });
+    let row = read_job(conn, job_id, true).await?;
+    if let Some(refused) = row.stop_refusal(stop) {
+        return Err(refused);
     }
     sqlx::query(
         "update onboard.job
-            set state = 'cancelled', finalized_at = now(), cancel_requested = true,
-                lease_owner = null, lease_expires_at = null
+            set state = $2::onboard.job_state, finalized_at = coalesce(finalized_at, now()),
+                cancel_requested = true, lease_owner = null, lease_expires_at = null
           where id = $1",
     )
     .bind(job_id)
+    .bind(stop.job_state())
     .execute(&mut *conn)
     .await?;
     let saga = row.saga;
-    let reason = format!("job {job_id} cancelled by an operator");
+    let reason = format!("job {job_id} {} by an operator", stop.job_state());
     match (row.job, row.current) {
         (SagaJob::Step(step), true) => step_failed(conn, &saga, step, &reason).await?,
         (SagaJob::Undo(step), true) => compensation_failed(conn, &saga, step, &reason).await?,
@@ -348,40 +471,91 @@ pub async fn cancel_step_job(
     })
 }
 
+/// Operator: cancels a waiting or running step or compensation job, saga-aware. Cancelling the
+/// current step of a running saga fails that step for good (the saga compensates, or ends
+/// `completed_with_errors` past its point of no return); cancelling the current compensation
+/// ends the saga `compensation_failed`. Any other saga job (left over, of an earlier run) is
+/// just cancelled. A running job's handler finds its job gone and commits nothing; while it
+/// runs it holds the saga's lock, which this waits for: from outside a transaction, use
+/// [`cancel_step_job_now`], which stops the handler first.
+pub async fn cancel_step_job(
+    conn: &mut PgConnection,
+    job_id: i64,
+) -> Result<JobCancelled, SagaError> {
+    stop_step_job(conn, job_id, Stop::Cancel).await
+}
+
+/// Operator: discards a waiting step or compensation job, with [`cancel_step_job`]'s effect
+/// on its saga.
+pub async fn discard_step_job(
+    conn: &mut PgConnection,
+    job_id: i64,
+) -> Result<JobCancelled, SagaError> {
+    stop_step_job(conn, job_id, Stop::Discard).await
+}
+
+/// Operator: [`cancel_step_job`] in a transaction of its own, without waiting for a running
+/// job's handler to end its provider call: a running job is first signalled to stop
+/// (`jobs::admin::cancel`); its attempt's transaction rolls back, which frees the saga's lock.
+pub async fn cancel_step_job_now(pool: &PgPool, job_id: i64) -> Result<JobCancelled, SagaError> {
+    let row = read_job(&mut *pool.acquire().await?, job_id, false).await?;
+    if let Some(refused) = row.stop_refusal(Stop::Cancel) {
+        return Err(refused);
+    }
+    if row.state == "running" {
+        match jobs::admin::cancel(pool, job_id).await {
+            // Ended meanwhile: the locked check below says what that means.
+            Ok(_) | Err(jobs::admin::AdminError::WrongState { .. }) => {}
+            Err(jobs::admin::AdminError::Database(e)) => return Err(e.into()),
+            Err(_) => return Err(SagaError::JobNotFound(job_id)),
+        }
+    }
+    let mut tx = pool.begin().await?;
+    let cancelled = cancel_step_job(&mut tx, job_id).await?;
+    tx.commit().await?;
+    Ok(cancelled)
+}
+
+/// Operator: [`cancel`] from outside a transaction, without waiting for a step in flight: the
+/// running job of a step before the point of no return is cancelled first with
+/// [`cancel_step_job_now`] (its step fails, the saga compensates, that step included).
+/// Returns false when the saga is past the point of no return (it finishes).
+pub async fn cancel_now(pool: &PgPool, id: i64) -> Result<bool, SagaError> {
+    let running: Option<i64> = sqlx::query_scalar(
+        "select j.id from onboard.onboarding s
+           join onboard.job j on j.unique_key = any(
+                    select case when s.run <= 1 then 'onboarding:' || s.id || ':' || n
+                                else 'onboarding:' || s.id || ':run' || s.run || ':' || n end
+                      from unnest($2::text[]) n)
+          where s.id = $1 and s.state = 'running' and j.state = 'running'
+          limit 1",
+    )
+    .bind(id)
+    .bind(compensable_steps())
+    .fetch_optional(pool)
+    .await?;
+    if let Some(job) = running {
+        match cancel_step_job_now(pool, job).await {
+            Ok(cancelled) if cancelled.saga_state != "running" => return Ok(true),
+            // It ended meanwhile, or did not stop the saga: cancel the saga itself.
+            Ok(_) | Err(SagaError::JobState { .. }) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    let mut tx = pool.begin().await?;
+    let cancelled = cancel(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(cancelled)
+}
+
 /// Operator: runs a saga job now, saga-aware: only the current work of a saga that has not
 /// ended (a waiting job, or a cancelled or discarded one not yet settled) is retried, with one
 /// more real attempt. An ended saga is `saga_terminal` (restart or retry the saga instead).
 pub async fn retry_step_job(conn: &mut PgConnection, job_id: i64) -> Result<(), SagaError> {
-    let row = lock_job(conn, job_id).await?;
-    if row.saga.is_terminal() {
-        return Err(SagaError::Terminal {
-            id: row.saga.id,
-            state: row.saga.state,
-        });
-    }
-    if !row.current {
-        return Err(SagaError::StaleJob {
-            job: job_id,
-            id: row.saga.id,
-        });
-    }
-    if matches!(row.state.as_str(), "running" | "completed") {
-        return Err(SagaError::JobState {
-            job: job_id,
-            state: row.state,
-            action: "retry",
-        });
-    }
-    let taken: bool = sqlx::query_scalar(
-        "select exists (select 1 from onboard.job where unique_key = $1 and id <> $2
-                          and state in ('available', 'scheduled', 'running', 'retryable'))",
-    )
-    .bind(&row.unique_key)
-    .bind(job_id)
-    .fetch_one(&mut *conn)
-    .await?;
-    if taken {
-        return Err(SagaError::JobKeyTaken(job_id));
+    let row = read_job(conn, job_id, true).await?;
+    let taken = row.key_taken(conn).await?;
+    if let Some(refused) = row.retry_refusal(taken) {
+        return Err(refused);
     }
     // One real attempt more, then the settling one (the step handlers' last attempt).
     let queue: String = sqlx::query_scalar(
@@ -400,4 +574,37 @@ pub async fn retry_step_job(conn: &mut PgConnection, job_id: i64) -> Result<(), 
         .execute(&mut *conn)
         .await?;
     Ok(())
+}
+
+/// What an operator may do with a saga job now, as [`retry_step_job`], [`cancel_step_job`]
+/// and [`discard_step_job`] would decide (to show only the allowed actions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepJobActions {
+    /// The job's saga.
+    pub onboarding_id: i64,
+    /// The saga's state.
+    pub saga_state: String,
+    /// [`retry_step_job`] would run it.
+    pub retry: bool,
+    /// [`cancel_step_job`] would cancel it.
+    pub cancel: bool,
+    /// [`discard_step_job`] would discard it.
+    pub discard: bool,
+}
+
+/// Checks only (no lock, no change): the actions on saga job `job_id` allowed now;
+/// `not_a_saga_job` for any other job.
+pub async fn step_job_actions(
+    conn: &mut PgConnection,
+    job_id: i64,
+) -> Result<StepJobActions, SagaError> {
+    let row = read_job(conn, job_id, false).await?;
+    let taken = row.key_taken(conn).await?;
+    Ok(StepJobActions {
+        onboarding_id: row.saga.id,
+        saga_state: row.saga.state.clone(),
+        retry: row.retry_refusal(taken).is_none(),
+        cancel: row.stop_refusal(Stop::Cancel).is_none(),
+        discard: row.stop_refusal(Stop::Discard).is_none(),
+    })
 }

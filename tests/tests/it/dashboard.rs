@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use dashboard::account::Role;
-use integration_tests::dashboard::{Dashboard, PASSWORD, Session, bearer, client, post_login};
+use integration_tests::dashboard::{
+    Dashboard, PASSWORD, Session, bearer, client, login_form, post_login,
+};
 use integration_tests::stack::{Stack, StackOptions, organization_created, user_created};
 use integration_tests::{fresh_db, wait_for};
 use reqwest::header::{COOKIE, HeaderMap, HeaderValue};
@@ -123,6 +125,69 @@ async fn login_sets_a_strict_httponly_cookie_secure_behind_an_https_proxy() {
     );
     assert_eq!(s.get("/jobs").await.status(), StatusCode::OK);
     assert_eq!(audit_results(&db.pool, "login").await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_login_post_without_its_forms_csrf_token_or_cookie_is_403_and_logs_nobody_in() {
+    let db = fresh_db().await;
+    add_ops(&db.pool).await;
+    let d = Dashboard::spawn(db.pool.clone()).await;
+    let (cookie, token) = login_form(&d, HeaderMap::new()).await;
+    let (_, other_token) = login_form(&d, HeaderMap::new()).await;
+    let post = |cookie: Option<&str>, token: Option<&str>| {
+        let mut fields = vec![("name", "olga"), ("password", PASSWORD)];
+        if let Some(token) = token {
+            fields.push(("login_csrf", token));
+        }
+        let mut request = client().post(d.url("/login")).form(&fields);
+        if let Some(cookie) = cookie {
+            request = request.header(COOKIE, cookie.to_owned());
+        }
+        request.send()
+    };
+    // A cross-site form has no cookie of ours, and cannot read the token of our form.
+    for (what, c, t) in [
+        ("neither", None, None),
+        ("no token", Some(cookie.as_str()), None),
+        ("no cookie", None, Some(token.as_str())),
+        (
+            "another form's token",
+            Some(cookie.as_str()),
+            Some(other_token.as_str()),
+        ),
+        ("an empty token", Some("onboard_login="), Some("")),
+    ] {
+        let r = post(c, t).await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{what}");
+        let sets_session = r
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .any(|v| v.to_str().unwrap().starts_with("onboard_session="));
+        assert!(!sets_session, "{what}: no session");
+    }
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>("select count(*) from onboard.operator_session")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap(),
+        0
+    );
+    // The form's own token with its cookie logs in.
+    let r = post(Some(&cookie), Some(&token)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(
+        r.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .starts_with("onboard_session=")
+    );
+    let results: Vec<String> = audit_results(&db.pool, "login")
+        .await
+        .into_iter()
+        .map(|r| r.2)
+        .collect();
+    assert_eq!(results, ["csrf", "csrf", "csrf", "csrf", "csrf", "ok"]);
 }
 
 async fn add_ops(pool: &PgPool) {
@@ -840,6 +905,67 @@ async fn cancelling_a_running_saga_step_job_compensates_its_saga_and_cancel_of_a
         active_subaccounts(&stack, org3).await,
         0,
         "no sub-account leaked"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn discarding_a_waiting_saga_step_job_compensates_its_saga() {
+    let stack = Stack::start(StackOptions::default()).await;
+    add_ops(&stack.db.pool).await;
+    let d = Dashboard::spawn(stack.db.pool.clone()).await;
+    let op = Session::login(&d, "olga").await;
+    let (org, user) = ("org_dash4", "user_dash4");
+    stack.sandbox.register(org, "dash4-flaky-twilio").await;
+    stack.deliver(&user_created(user, "owner4@dash.test")).await;
+    stack
+        .deliver(&organization_created(org, "dash4-flaky-twilio", user))
+        .await;
+    // The Twilio step failed once and waits for its retry (held there for an hour).
+    let step_job: i64 = wait_for(
+        "the Twilio step to wait for its retry",
+        Duration::from_secs(60),
+        || async {
+            sqlx::query_scalar(
+                "update onboard.job set state = 'scheduled', run_at = now() + interval '1 hour'
+                  where kind = 'onboarding.twilio_subaccount' and state = 'retryable' returning id",
+            )
+            .fetch_optional(&stack.db.pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
+    let id = saga_id(&stack.db.pool, org).await;
+    let page = op
+        .get(&format!("/jobs/{step_job}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("data-action=\"discard\"") && page.contains("data-action=\"cancel\""),
+        "a waiting step of a running saga can be discarded or cancelled"
+    );
+    let (status, body) = op.act(&format!("/api/jobs/{step_job}/discard"), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["state"], "discarded");
+    assert_eq!(body["onboarding_id"], id);
+    stack.wait_saga(org, "compensated").await;
+    // The discard itself failed the step (not the reconciler, later, for a job gone missing).
+    let reason: String = sqlx::query_scalar(
+        "select last_error from onboard.onboarding_step where onboarding_id = $1 and name = 'twilio_subaccount'",
+    )
+    .bind(id)
+    .fetch_one(&stack.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(reason, format!("job {step_job} discarded by an operator"));
+    let (status, body) = op.act(&format!("/api/jobs/{step_job}/discard"), None).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (StatusCode::CONFLICT, &json!("job_finished")),
+        "{body}"
     );
     stack.stop().await;
 }

@@ -4,6 +4,7 @@ mod browser;
 mod burst;
 mod clerk_events;
 mod dashboard;
+mod dashboard_detail;
 mod fuzz;
 mod ingress;
 mod ingress_limits;
