@@ -37,10 +37,11 @@ impl JobFilter {
         }
     }
 
-    /// Pushes ` from … where …`. A text search reads its rows from the live jobs that match
-    /// it (waiting ones through the trigram index `job_waiting_args_trgm_idx`, running ones,
-    /// few, through `job_running_idx`), so neither the order by id nor the other filters can
-    /// make the plan walk the whole table.
+    /// Pushes ` from … where …`. A text search reads its rows from the live jobs only
+    /// (waiting ones through the partial indexes of the fetch, running ones through
+    /// `job_running_idx`), so neither the order by id nor the other filters can make the plan
+    /// walk the finished rows. It has no index of its own: a trigram index on live jobs costs
+    /// every enqueue (the ingress's included) more than this search saves.
     fn push_from_where(&self, sql: &mut QueryBuilder<Postgres>, org_jobs: Option<Vec<i64>>) {
         match &self.q {
             Some(q) => {
