@@ -51,7 +51,10 @@ async fn redact_erases_every_string_naming_a_needle_from_args_and_errors_and_not
     };
     assert_eq!(
         read(named).await,
-        (json!({"to": "erased", "n": 3, "cc": ["keep", "erased"]}), json!([]))
+        (
+            json!({"to": "erased", "n": 3, "cc": ["keep", "erased"]}),
+            json!([])
+        )
     );
     let (_, errors) = read(failed).await;
     assert_eq!(errors[0]["message"], "erased");

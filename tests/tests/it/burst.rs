@@ -11,12 +11,12 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use sqlx::{Connection, PgConnection};
 use integration_tests::stack::{
     Stack, StackOptions, organization_created, provider_settings, spawn_worker_runtime,
     user_created,
 };
 use integration_tests::wait_for;
+use sqlx::{Connection, PgConnection};
 
 /// The sagas started at once.
 const SAGAS: usize = 100;

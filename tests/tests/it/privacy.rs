@@ -271,7 +271,7 @@ async fn user_deleted_leaves_none_of_the_users_personal_data_anywhere_in_the_dat
     // A job whose arguments carry their address and phone number (a kind that sends to them),
     // due tomorrow.
     jobs::enqueue(
-        &mut *pool.acquire().await.unwrap(),
+        &mut pool.acquire().await.unwrap(),
         &jobs::NewJob::new(
             "test.notify",
             json!({"user_id": USER, "to": {"email": EMAIL, "phone": PHONE}, "note": format!("for {OTHER_EMAIL}")}),
@@ -283,7 +283,9 @@ async fn user_deleted_leaves_none_of_the_users_personal_data_anywhere_in_the_dat
     .unwrap();
     stack.wait_saga(ORG, "completed").await;
     stack.wait_saga("org_2zebPrivacyApi", "completed").await;
-    stack.wait_saga("org_2zebPrivacyRefused", "completed_with_errors").await;
+    stack
+        .wait_saga("org_2zebPrivacyRefused", "completed_with_errors")
+        .await;
     stack.wait_idle().await;
     // The job table names them before the deletion: in arguments and in error histories.
     let in_args: i64 = sqlx::query_scalar(

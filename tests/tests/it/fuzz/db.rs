@@ -8,11 +8,12 @@
 //! cases run `FUZZ_DB_BATCH` (default 200) to a transaction, each inside a savepoint rolled back
 //! after it, so every case starts from the same empty directory and nothing is ever committed.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
 
@@ -95,7 +96,7 @@ fn run_share(url: &str, cases: u32, batch: u32, tally: &Tally) {
         .enable_all()
         .build()
         .unwrap();
-    let conn = RefCell::new(rt.block_on(PgConnection::connect(url)).unwrap());
+    let conn = Cell::new(Some(rt.block_on(PgConnection::connect(url)).unwrap()));
     let in_batch = Cell::new(0_u32);
     let kinds: Vec<&str> = KINDS
         .iter()
@@ -121,27 +122,29 @@ fn run_share(url: &str, cases: u32, batch: u32, tally: &Tally) {
                 _ => kinds[which].to_owned(),
             };
             let payload = serde_json::to_string(&payload).unwrap();
+            let mut held = conn.take().expect("the connection");
             let outcome = rt.block_on(async {
-                let mut conn = conn.borrow_mut();
                 if in_batch.get() == 0 {
-                    sqlx::query("begin").execute(&mut *conn).await.unwrap();
+                    sqlx::query("begin").execute(&mut held).await.unwrap();
                 }
-                let outcome = one_case(&mut conn, &kind, &payload).await;
+                let outcome = one_case(&mut held, &kind, &payload).await;
                 in_batch.set(in_batch.get() + 1);
                 if in_batch.get() == batch {
-                    sqlx::query("rollback").execute(&mut *conn).await.unwrap();
+                    sqlx::query("rollback").execute(&mut held).await.unwrap();
                     in_batch.set(0);
                 }
                 outcome
             });
+            conn.set(Some(held));
             tally.cases.fetch_add(1, Ordering::Relaxed);
             match outcome {
                 Outcome::Unstorable => &tally.unstorable,
                 Outcome::Applied => &tally.applied,
                 Outcome::Refused => &tally.refused,
                 Outcome::Retried(error) => {
-                    prop_assert!(false, "`{kind}` on a malformed payload would retry: {error}");
-                    unreachable!()
+                    return Err(TestCaseError::fail(format!(
+                        "`{kind}` on a malformed payload would retry: {error}"
+                    )));
                 }
             }
             .fetch_add(1, Ordering::Relaxed);
