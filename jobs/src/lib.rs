@@ -13,6 +13,7 @@ pub mod maintenance;
 pub mod metrics;
 pub mod notify;
 pub mod policy;
+pub mod redact;
 pub mod sampler;
 
 pub use backend::{PgBackend, QueueConfig};

@@ -1,15 +1,20 @@
 //! No secret in the logs (issue 9): the tracing output of the ingress, the worker and the saga
 //! over a full run — webhook deliveries good and bad, sagas that succeed, retry, compensate and
-//! fail their email, API calls with good, wrong and malformed keys — captured at `trace` for our
-//! crates and `debug` for the rest, as text and as JSON, holds none of the configured secrets:
-//! the webhook secret, the Twilio auth token and `base64(sid:token)`, the Resend key, the Clerk
-//! secret key, and API keys (valid or presented).
+//! fail their email, API calls with good, wrong and malformed keys, operators logging in to the
+//! dashboard (rightly and wrongly) and calling its API with a token — captured at `trace` for
+//! our crates and `debug` for the rest, as text and as JSON, holds none of the configured
+//! secrets: the webhook secret, the Twilio auth token and `base64(sid:token)`, the Resend key,
+//! the Clerk secret key, API keys (valid or presented), operator passwords (right or wrong),
+//! operator tokens (valid or presented) and session cookies.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use integration_tests::dashboard::{Dashboard, bearer, post_login};
 use integration_tests::{fresh_db, wait_for};
+use reqwest::Method;
+use reqwest::header::HeaderMap;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use tracing_subscriber::fmt::MakeWriter;
@@ -23,6 +28,11 @@ const TWILIO_SID: &str = "ACl0gtest00000000000000000000000000";
 const TWILIO_TOKEN: &str = "twilio-token-log-test-5d1e9b";
 const RESEND_KEY: &str = "re_log_test_key_8c2f4a";
 const CLERK_KEY: &str = "sk_test_log_test_3b7e0d";
+const OPERATOR: &str = "log-operator";
+const OPERATOR_PASSWORD: &str = "operator-password-log-test-41c7e2";
+const WRONG_PASSWORD: &str = "wrong-password-log-test-77ad09";
+const WRONG_TOKEN: &str =
+    "opt_0123456789abcdef_9f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a0";
 const WRONG_KEY: &str =
     "onb_0123456789abcdef_fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
 
@@ -86,7 +96,7 @@ fn organization_created(org: &str, slug: &str, user: &str) -> Value {
 async fn a_full_run_logs_none_of_the_configured_secrets() {
     let capture = Capture::default();
     let filter = tracing_subscriber::EnvFilter::new(
-        "debug,ingress=trace,worker=trace,onboarding=trace,jobs=trace,sandbox=trace,apalis=trace,apalis_core=trace",
+        "debug,ingress=trace,worker=trace,onboarding=trace,jobs=trace,sandbox=trace,apalis=trace,apalis_core=trace,dashboard=trace,tower_http=trace",
     );
     let subscriber = tracing_subscriber::registry()
         .with(filter)
@@ -241,6 +251,45 @@ async fn a_full_run_logs_none_of_the_configured_secrets() {
         assert!(response.status() == 200 || response.status() == 401);
     }
 
+    // The dashboard: an operator logs in (form POST) and reads with the session, logs in with
+    // a wrong password, and calls the API with a token (as `onboard operator token` makes
+    // it) and with a wrong one.
+    dashboard::account::add(
+        &db.pool,
+        OPERATOR,
+        dashboard::account::Role::Operator,
+        OPERATOR_PASSWORD,
+    )
+    .await
+    .unwrap();
+    let board = Dashboard::spawn(db.pool.clone()).await;
+    let login = post_login(&board, OPERATOR, OPERATOR_PASSWORD, HeaderMap::new()).await;
+    assert_eq!(login.status(), 303, "the operator's login");
+    let cookie = login.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let session_secret = cookie.split_once('=').unwrap().1.to_owned();
+    let me = client
+        .get(board.url("/api/me"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    let refused = post_login(&board, OPERATOR, WRONG_PASSWORD, HeaderMap::new()).await;
+    assert_eq!(refused.status(), 401, "a wrong password");
+    let (_, token) = dashboard::account::create_token(&db.pool, OPERATOR)
+        .await
+        .unwrap();
+    let (status, _) = bearer(&board, Method::GET, "/api/overview", &token, None).await;
+    assert_eq!(status, 200, "the operator's token");
+    let (status, _) = bearer(&board, Method::GET, "/api/overview", WRONG_TOKEN, None).await;
+    assert_eq!(status, 401, "a wrong token");
+
     for (org, state) in [
         ("org_logok", "completed"),
         ("org_logflaky", "completed"),
@@ -276,12 +325,16 @@ async fn a_full_run_logs_none_of_the_configured_secrets() {
         "/v1/onboarding",
         "onboarding.undo_twilio_subaccount",
         "queue-clerk",
+        // The login's and the token's lookups (statements are logged, not their parameters).
+        "password_hash from onboard.operator",
+        "from onboard.operator_token",
     ] {
         assert!(logs.contains(seen), "the capture missed `{seen}`");
     }
     let basic = base64(format!("{TWILIO_SID}:{TWILIO_TOKEN}").as_bytes());
     let api_key = key.expose_secret().to_owned();
     let api_secret = api_key.rsplit('_').next().unwrap().to_owned();
+    let token_secret = token.rsplit('_').next().unwrap().to_owned();
     for (name, secret) in [
         ("the webhook secret", WEBHOOK_SECRET),
         ("the webhook key", WEBHOOK_KEY),
@@ -292,6 +345,12 @@ async fn a_full_run_logs_none_of_the_configured_secrets() {
         ("the API key", api_key.as_str()),
         ("the API key's secret part", api_secret.as_str()),
         ("a presented wrong API key", WRONG_KEY),
+        ("the operator's password", OPERATOR_PASSWORD),
+        ("a wrong password presented", WRONG_PASSWORD),
+        ("the operator's token", token.as_str()),
+        ("the operator token's secret part", token_secret.as_str()),
+        ("a presented wrong operator token", WRONG_TOKEN),
+        ("the session cookie", session_secret.as_str()),
     ] {
         if let Some(at) = logs.find(secret) {
             let line_start = logs[..at].rfind('\n').map_or(0, |i| i + 1);

@@ -6,5 +6,6 @@ mod outcomes;
 mod plans;
 mod processes;
 mod queue;
+mod redact;
 mod shutdown;
 mod support;

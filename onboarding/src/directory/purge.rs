@@ -15,7 +15,9 @@
 //! - the sagas they created (or that name one of their addresses): the request's creator email
 //!   and first name become null, the welcome email's `recipient` goes from the step output,
 //!   and a step error naming them is replaced;
-//! - invitation addresses in `membership`.
+//! - invitation addresses in `membership`;
+//! - jobs (kept until retention) whose arguments or error history name them: each string that
+//!   names them is replaced ([`jobs::redact::redact`]).
 //!
 //! Idempotent. Their addresses are remembered only as SHA-256 hashes (`erased_email`), so that
 //! an invitation to one of them arriving later is erased on arrival.
@@ -33,7 +35,12 @@ pub struct Purged {
     pub rejected: u64,
     /// Sagas whose request or step outputs were erased.
     pub onboardings: u64,
+    /// Jobs whose arguments or errors were erased.
+    pub jobs: u64,
 }
+
+/// What replaces a text that named the deleted user.
+const ERASED: &str = "erased: it named a deleted user";
 
 // The user's own payloads: those about them by id (the expression indexes of the directory
 // and privacy migrations), and the Clerk messages sent to them.
@@ -269,6 +276,10 @@ pub async fn purge_user_data(
         .bind(&needles)
         .fetch_one(&mut *conn)
         .await?;
+    // Their addresses, phone numbers and IPs, not their id (jobs may name it to do their work).
+    // After the sagas (whose handlers lock their saga, then their job): the same lock order.
+    let personal: Vec<String> = emails.iter().chain(&phones).chain(&ips).cloned().collect();
+    let jobs = jobs::redact::redact(&mut *conn, &personal, ERASED).await?;
     let memberships = sqlx::query(
         "update onboard.membership set email = null, updated_at = now()
           where email is not null and (clerk_user_id = $1 or lower(email) = any($2::text[]))",
@@ -282,6 +293,7 @@ pub async fn purge_user_data(
         memberships: memberships.rows_affected(),
         rejected,
         onboardings: u64::try_from(onboardings).unwrap_or(0),
+        jobs,
     })
 }
 

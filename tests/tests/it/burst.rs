@@ -1,5 +1,12 @@
-//! A burst sized like a busy day's peak: no attempt may fail because the worker's own
-//! connection pool ran dry.
+//! A burst sized like a busy day's peak, on a slow day: no attempt may fail because the
+//! worker's own connection pool ran dry.
+//!
+//! The slow day is made deterministic: Twilio answers after a second (saga steps hold their
+//! connection across the call), and for three acquire timeouts every write to the user table
+//! waits on a lock the test holds, so every `user.created` handler in flight holds its
+//! connection that long. A worker whose jobs in flight outnumber its pool (the clerk queue
+//! alone runs 200) then has handlers that wait longer than the acquire timeout for a
+//! connection and fail `pool timed out`; one fitted to its pool (`worker::sizing`) has none.
 
 use std::time::Duration;
 
@@ -9,6 +16,7 @@ use integration_tests::stack::{
     user_created,
 };
 use integration_tests::wait_for;
+use sqlx::{Connection, PgConnection};
 
 /// The sagas started at once.
 const SAGAS: usize = 100;
@@ -46,14 +54,41 @@ async fn a_burst_of_a_thousand_events_and_a_hundred_sagas_fails_no_attempt_on_th
         })
         .await;
 
-    // The worker as deployed: a pool with the production settings, every job kind.
-    let pool = jobs::db::connect(&stack.db.url, &jobs::db::PoolSettings::default())
+    // The slow day's database: writes to the user table wait on the test's lock.
+    let mut blocker = PgConnection::connect(&stack.db.url).await.unwrap();
+    sqlx::query("begin").execute(&mut blocker).await.unwrap();
+    sqlx::query("lock table onboard.app_user in exclusive mode")
+        .execute(&mut blocker)
         .await
         .unwrap();
+
+    // The worker as deployed: a pool with the production settings, every job kind.
+    let settings = jobs::db::PoolSettings::default();
+    let pool = jobs::db::connect(&stack.db.url, &settings).await.unwrap();
     let providers = provider_settings(&stack.sandbox.base_url(), Duration::from_secs(5))
         .providers()
         .unwrap();
     let (stop, worker) = spawn_worker_runtime(pool, providers);
+
+    wait_for(
+        "a handler to wait on the user table",
+        Duration::from_secs(60),
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "select count(*) from pg_locks
+                  where not granted and relation = 'onboard.app_user'::regclass",
+            )
+            .fetch_one(&stack.db.pool)
+            .await
+            .unwrap();
+            (waiting > 0).then_some(())
+        },
+    )
+    .await;
+    // The slowness lasts, it is not waited for: long enough for any handler left without a
+    // connection to give up on the pool.
+    tokio::time::sleep(settings.acquire_timeout * 3).await;
+    sqlx::query("rollback").execute(&mut blocker).await.unwrap();
 
     wait_for(
         "every event applied and every saga past its Twilio step",

@@ -61,6 +61,8 @@ const LAST: &str = "Quackenbush";
 const USERNAME: &str = "zquackenbush";
 const PHONE: &str = "+15557654321";
 const IP: &str = "198.51.100.77";
+/// An address of theirs the sandbox refuses, echoing it in its error (`fail@…`).
+const REFUSED_EMAIL: &str = "fail@zeb-privacy.example";
 const AGENT: &str = "ZebBrowser/9.9 (privacy test)";
 const ORG: &str = "org_2zebPrivacyOrg";
 
@@ -138,14 +140,14 @@ fn sms_created() -> Value {
     }))
 }
 
-async fn post_onboarding(stack: &Stack, key: &str, body: &Value) -> u16 {
+async fn post_onboarding(stack: &Stack, key: &str, body: &Value, idempotency_key: &str) -> u16 {
     reqwest::Client::new()
         .post(format!(
             "http://{}/v1/onboarding",
             stack.ingress.ingress_addr
         ))
         .bearer_auth(key)
-        .header("idempotency-key", "privacy-test-1")
+        .header("idempotency-key", idempotency_key)
         .json(body)
         .send()
         .await
@@ -248,17 +250,74 @@ async fn user_deleted_leaves_none_of_the_users_personal_data_anywhere_in_the_dat
         "creator_user_id": USER, "creator_email": API_EMAIL, "creator_first_name": FIRST,
     });
     assert_eq!(
-        post_onboarding(&stack, key.expose_secret(), &api_body).await,
+        post_onboarding(&stack, key.expose_secret(), &api_body, "privacy-test-1").await,
         202
     );
+    // One whose welcome email the provider refuses with an error naming the address: the
+    // job's error history holds it.
+    let refused_body = json!({
+        "org_id": "org_2zebPrivacyRefused", "name": "Zeb Refused Org", "slug": "zeb-refused",
+        "creator_user_id": USER, "creator_email": REFUSED_EMAIL, "creator_first_name": FIRST,
+    });
+    assert_eq!(
+        post_onboarding(&stack, key.expose_secret(), &refused_body, "privacy-test-2").await,
+        202
+    );
+    // A malformed event about them, refused with an error that quotes their address.
+    let mut malformed = fixture("user.updated.json");
+    malformed["data"] = user_data(malformed["data"].clone());
+    malformed["data"]["updated_at"] = json!(EMAIL);
+    stack.deliver(&malformed).await;
+    // A job whose arguments carry their address and phone number (a kind that sends to them),
+    // due tomorrow.
+    jobs::enqueue(
+        &mut pool.acquire().await.unwrap(),
+        &jobs::NewJob::new(
+            "test.notify",
+            json!({"user_id": USER, "to": {"email": EMAIL, "phone": PHONE}, "note": format!("for {OTHER_EMAIL}")}),
+        )
+        .queue("privacy-test")
+        .run_at(chrono::Utc::now() + chrono::Duration::days(1)),
+    )
+    .await
+    .unwrap();
     stack.wait_saga(ORG, "completed").await;
     stack.wait_saga("org_2zebPrivacyApi", "completed").await;
+    stack
+        .wait_saga("org_2zebPrivacyRefused", "completed_with_errors")
+        .await;
     stack.wait_idle().await;
+    // The job table names them before the deletion: in arguments and in error histories.
+    let in_args: i64 = sqlx::query_scalar(
+        "select count(*) from onboard.job where strpos(lower(args::text), $1) > 0",
+    )
+    .bind(EMAIL.to_lowercase())
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(in_args > 0, "no job's arguments name them");
+    let refusals: i64 = sqlx::query_scalar(
+        "select count(*) from onboard.job where strpos(lower(errors::text), $1) > 0",
+    )
+    .bind(REFUSED_EMAIL)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(refusals > 0, "no job's errors quote the refused address");
+    let quoted: i64 = sqlx::query_scalar(
+        "select count(*) from onboard.job where strpos(lower(errors::text), $1) > 0",
+    )
+    .bind(EMAIL.to_lowercase())
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(quoted > 0, "no job's errors quote their address");
 
     let needles = [
         EMAIL,
         OTHER_EMAIL,
         API_EMAIL,
+        REFUSED_EMAIL,
         FIRST,
         LAST,
         USERNAME,
@@ -274,7 +333,8 @@ async fn user_deleted_leaves_none_of_the_users_personal_data_anywhere_in_the_dat
         );
     }
     let recipients: Vec<String> = sqlx::query_scalar(
-        "select output ->> 'recipient' from onboard.onboarding_step where name = 'welcome_email'",
+        "select output ->> 'recipient' from onboard.onboarding_step
+          where name = 'welcome_email' and output ? 'recipient'",
     )
     .fetch_all(&pool)
     .await
