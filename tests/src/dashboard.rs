@@ -62,6 +62,17 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// The `name=value` pair of a response's (first) `Set-Cookie`.
+pub fn cookie_pair(response: &reqwest::Response) -> String {
+    response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
 /// A logged-in browser-like client: the session cookie and its CSRF token.
 pub struct Session {
     /// The `onboard_session=…` cookie pair.
@@ -84,13 +95,7 @@ pub async fn login_form(d: &Dashboard, headers: HeaderMap) -> (String, String) {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    let cookie = response.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let cookie = cookie_pair(&response);
     let page = response.text().await.unwrap();
     let field = "name=\"login_csrf\" value=\"";
     let start = page.find(field).expect("the form's CSRF field") + field.len();

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use integration_tests::dashboard::{Dashboard, bearer, post_login};
+use integration_tests::dashboard::{Dashboard, bearer, cookie_pair, post_login};
 use integration_tests::{fresh_db, wait_for};
 use reqwest::Method;
 use reqwest::header::HeaderMap;
@@ -265,13 +265,7 @@ async fn a_full_run_logs_none_of_the_configured_secrets() {
     let board = Dashboard::spawn(db.pool.clone()).await;
     let login = post_login(&board, OPERATOR, OPERATOR_PASSWORD, HeaderMap::new()).await;
     assert_eq!(login.status(), 303, "the operator's login");
-    let cookie = login.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let cookie = cookie_pair(&login);
     let session_secret = cookie.split_once('=').unwrap().1.to_owned();
     let me = client
         .get(board.url("/api/me"))

@@ -37,26 +37,33 @@ impl JobFilter {
         }
     }
 
-    /// Pushes ` from … where …`. A text search reads its rows from the live jobs only
-    /// (waiting ones through the partial indexes of the fetch, running ones through
-    /// `job_running_idx`), so neither the order by id nor the other filters can make the plan
+    /// Pushes ` from … where …`. A text search reads its rows from the live jobs only, one
+    /// branch per partial index (`job_available_idx`, `job_waiting_idx`, `job_running_idx`), so neither the order by id nor the other filters can make the plan
     /// walk the finished rows. It has no index of its own: a trigram index on live jobs costs
     /// every enqueue (the ingress's included) more than this search saves.
     fn push_from_where(&self, sql: &mut QueryBuilder<Postgres>, org_jobs: Option<Vec<i64>>) {
         match &self.q {
             Some(q) => {
                 let pattern = format!("%{}%", like_escape(q));
-                sql.push(
-                    " from (select * from onboard.job
-                             where state in ('available', 'scheduled', 'retryable') and args::text ilike ",
-                )
-                .push_bind(pattern.clone())
-                .push(
-                    " union all select * from onboard.job
-                             where state = 'running' and args::text ilike ",
-                )
-                .push_bind(pattern)
-                .push(") job");
+                // One branch per partial index, each filtered by exactly its predicate.
+                sql.push(" from (");
+                for (i, live) in [
+                    "state = 'available'",
+                    "state in ('scheduled', 'retryable')",
+                    "state = 'running'",
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    if i > 0 {
+                        sql.push(" union all ");
+                    }
+                    sql.push("select * from onboard.job where ")
+                        .push(live)
+                        .push(" and args::text ilike ")
+                        .push_bind(pattern.clone());
+                }
+                sql.push(") job");
             }
             None => {
                 sql.push(" from onboard.job");
