@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::{PgPool, Postgres, QueryBuilder};
 
-use super::{Time, like_escape, limit};
+use super::{Time, limit};
 
 /// The live states (a job that will still run).
 pub const LIVE_STATES: [&str; 4] = ["available", "scheduled", "running", "retryable"];
@@ -44,7 +44,8 @@ impl JobFilter {
     fn push_from_where(&self, sql: &mut QueryBuilder<Postgres>, org_jobs: Option<Vec<i64>>) {
         match &self.q {
             Some(q) => {
-                let pattern = format!("%{}%", like_escape(q));
+                // Case-sensitive substring (ids are): `strpos` reads each live row's args
+                // text in half the time of `ilike`.
                 // One branch per partial index, each filtered by exactly its predicate.
                 sql.push(" from (");
                 for (i, live) in [
@@ -60,8 +61,9 @@ impl JobFilter {
                     }
                     sql.push("select * from onboard.job where ")
                         .push(live)
-                        .push(" and args::text ilike ")
-                        .push_bind(pattern.clone());
+                        .push(" and strpos(args::text, ")
+                        .push_bind(q.clone())
+                        .push(") > 0");
                 }
                 sql.push(") job");
             }
