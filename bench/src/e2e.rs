@@ -372,17 +372,31 @@ async fn warm_up(stack: &Stack, client: &reqwest::Client) -> anyhow::Result<usiz
     if count == 0 {
         return Ok(0);
     }
-    let batch = onboardings(count)?;
-    futures::stream::iter(batch.iter())
-        .map(|onboarding| send(client, &stack.webhook, onboarding))
-        .buffer_unordered(BURST_CONCURRENCY)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    send_all(client, &stack.webhook, &onboardings(count)?).await?;
     completions(&stack.pool, count).await?;
     sqlx::query("analyze").execute(&stack.pool).await?;
     Ok(count)
+}
+
+/// Sends every onboarding, [`BURST_CONCURRENCY`] at a time; returns each org with the time
+/// its `organization.created` was sent.
+async fn send_all(
+    client: &reqwest::Client,
+    url: &str,
+    batch: &[Onboarding],
+) -> anyhow::Result<Vec<(String, f64)>> {
+    futures::stream::iter(batch)
+        .map(|onboarding| async move {
+            Ok((
+                onboarding.org_id.clone(),
+                send(client, url, onboarding).await?,
+            ))
+        })
+        .buffer_unordered(BURST_CONCURRENCY)
+        .collect::<Vec<anyhow::Result<_>>>()
+        .await
+        .into_iter()
+        .collect()
 }
 
 /// Sends an onboarding's deliveries in order; returns when `organization.created` was sent
@@ -518,22 +532,7 @@ async fn burst(
         .await?;
     let cpu_before = cpu_by_process(&stack).await?;
     let first = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs_f64();
-    let sent: Vec<(String, f64)> = futures::stream::iter(batch.iter())
-        .map(|onboarding| {
-            let client = &client;
-            let url = &stack.webhook;
-            async move {
-                Ok::<_, anyhow::Error>((
-                    onboarding.org_id.clone(),
-                    send(client, url, onboarding).await?,
-                ))
-            }
-        })
-        .buffer_unordered(BURST_CONCURRENCY)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<anyhow::Result<_>>()?;
+    let sent = send_all(&client, &stack.webhook, &batch).await?;
     let done = completions(&stack.pool, warmup + count).await?;
     let measured: std::collections::HashSet<&str> =
         sent.iter().map(|(org, _)| org.as_str()).collect();

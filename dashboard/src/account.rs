@@ -110,6 +110,17 @@ pub fn verify_password(password: &str, stored: &str) -> bool {
     })
 }
 
+/// The password's hash, once the name and the password are acceptable (12 characters at least).
+fn checked_hash(name: &str, password: &str) -> Result<String, AccountError> {
+    if !valid_name(name) {
+        return Err(AccountError::InvalidName);
+    }
+    if password.chars().count() < 12 {
+        return Err(AccountError::WeakPassword);
+    }
+    hash_password(password)
+}
+
 /// Adds an operator; returns its id.
 pub async fn add(
     pool: &PgPool,
@@ -117,13 +128,7 @@ pub async fn add(
     role: Role,
     password: &str,
 ) -> Result<i64, AccountError> {
-    if !valid_name(name) {
-        return Err(AccountError::InvalidName);
-    }
-    if password.chars().count() < 12 {
-        return Err(AccountError::WeakPassword);
-    }
-    let hash = hash_password(password)?;
+    let hash = checked_hash(name, password)?;
     let id: Option<i64> = sqlx::query_scalar(
         "insert into onboard.operator (name, role, password_hash) values ($1, $2, $3)
          on conflict (name) do nothing returning id",
@@ -143,10 +148,7 @@ pub async fn upsert(
     role: Role,
     password: &str,
 ) -> Result<i64, AccountError> {
-    if !valid_name(name) {
-        return Err(AccountError::InvalidName);
-    }
-    let hash = hash_password(password)?;
+    let hash = checked_hash(name, password)?;
     Ok(sqlx::query_scalar(
         "insert into onboard.operator (name, role, password_hash) values ($1, $2, $3)
          on conflict (name) do update set role = $2, password_hash = $3 returning id",

@@ -15,6 +15,7 @@ pub mod notify;
 pub mod policy;
 pub mod redact;
 pub mod sampler;
+pub mod wait;
 
 pub use backend::{PgBackend, QueueConfig};
 pub use enqueue::{Enqueued, complete, discard, enqueue, enqueue_many, hold, holds};

@@ -5,9 +5,7 @@
 pub mod dashboard;
 pub mod stack;
 
-use std::future::Future;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use jobs::fresh_db::FreshDatabases;
 use jobs::local_pg::{Durability, LocalPostgres};
@@ -56,24 +54,7 @@ async fn connect(url: String, max_connections: u32) -> TestDb {
     TestDb { url, pool }
 }
 
-/// Polls `check` until it returns `Some`, failing the test after `deadline`.
-pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = tokio::time::Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            start.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+pub use jobs::wait::wait_for;
 
 /// The state of job `id` as text.
 pub async fn job_state(pool: &PgPool, id: i64) -> String {

@@ -95,7 +95,7 @@ fn kinds() -> Kinds {
 
 /// Adds the `onboarding` and `email` queues and every saga kind's handler.
 pub fn register(mut registry: Registry, pool: PgPool, providers: Arc<Providers>) -> Registry {
-    // Each attempt holds a connection for its external call: keep in-flight attempts few.
+    // Each attempt holds a connection across its external call; `sizing` fits these to the pool.
     let mut onboarding = QueueConfig::new(QUEUE).kinds(kinds());
     onboarding.max_in_flight = 32;
     onboarding.batch_size = 16;

@@ -5,7 +5,6 @@
 pub mod process;
 pub mod worker;
 
-use std::future::Future;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -92,21 +91,4 @@ pub async fn fresh_db() -> TestDb {
     TestDb { url, pool }
 }
 
-/// Polls `check` until it returns `Some`, failing the test after `deadline`.
-pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = tokio::time::Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            start.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+pub use jobs::wait::wait_for;
