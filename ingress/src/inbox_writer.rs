@@ -6,13 +6,20 @@
 //! PostgreSQL refuses as a whole (a payload it cannot store) is retried one delivery at a time,
 //! so only the bad delivery is rejected.
 //!
+//! At low concurrency there is nothing to batch, and the hand-off to the collector only adds
+//! latency: while the last write carried a single delivery, a delivery that finds nothing
+//! queued and no batch being written is written by its own request, in the one-delivery
+//! statement. Once deliveries queue up behind a write, the collector's batches take over, and
+//! the direct path stays closed until a batch of one says concurrency has fallen again (so
+//! under load no lone write slips in between two batches).
+//!
 //! The queue is bounded ([`QUEUE_CAPACITY`]): a delivery that finds it full is refused at
 //! once. A request is answered 2xx only if its delivery committed: a delivery still queued at
 //! its deadline is abandoned (the collector skips it, it is never written) and answered 503;
 //! one a batch already took waits for that batch's outcome instead.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use onboarding::inbox::{self, OwnedEntry, ReceiveError, Received};
@@ -65,6 +72,31 @@ pub enum WriteError {
 #[derive(Debug, Clone)]
 pub struct InboxWriter {
     queue: mpsc::Sender<Pending>,
+    flow: Arc<Flow>,
+    pool: PgPool,
+}
+
+/// What the requests and the collector share.
+#[derive(Debug)]
+struct Flow {
+    /// One permit per write in flight (a batch, or a delivery its own request writes).
+    slots: Arc<Semaphore>,
+    /// The last write carried one delivery: concurrency is low, the direct path is open.
+    low: AtomicBool,
+    written_alone: AtomicU64,
+    batches: AtomicU64,
+    batched: AtomicU64,
+}
+
+/// How deliveries were written so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Deliveries written by their own request (the low-concurrency path).
+    pub written_alone: u64,
+    /// Statements the collector ran.
+    pub batches: u64,
+    /// Deliveries those statements carried.
+    pub batched: u64,
 }
 
 impl std::fmt::Debug for Pending {
@@ -85,8 +117,24 @@ impl InboxWriter {
     /// [`InboxWriter::spawn`] with a queue of `capacity` deliveries (at least 1).
     pub fn spawn_with_capacity(pool: PgPool, capacity: usize) -> Self {
         let (queue, waiting) = mpsc::channel(capacity.max(1));
-        tokio::spawn(collect(pool, waiting));
-        InboxWriter { queue }
+        let flow = Arc::new(Flow {
+            slots: Arc::new(Semaphore::new(IN_FLIGHT)),
+            low: AtomicBool::new(true),
+            written_alone: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            batched: AtomicU64::new(0),
+        });
+        tokio::spawn(collect(pool.clone(), waiting, flow.clone()));
+        InboxWriter { queue, flow, pool }
+    }
+
+    /// How deliveries were written so far.
+    pub fn stats(&self) -> WriterStats {
+        WriterStats {
+            written_alone: self.flow.written_alone.load(Ordering::Relaxed),
+            batches: self.flow.batches.load(Ordering::Relaxed),
+            batched: self.flow.batched.load(Ordering::Relaxed),
+        }
     }
 
     /// Deliveries in the queue (abandoned ones included until the collector skips them).
@@ -101,6 +149,15 @@ impl InboxWriter {
         entry: OwnedEntry,
         deadline: Duration,
     ) -> Result<Received, WriteError> {
+        if self.flow.low.load(Ordering::Relaxed)
+            && self.queued() == 0
+            && let Ok(slot) = self.flow.slots.clone().try_acquire_owned()
+        {
+            let result = store_one(&self.pool, &entry).await;
+            self.flow.written_alone.fetch_add(1, Ordering::Relaxed);
+            drop(slot);
+            return Ok(result?);
+        }
         let closed = || WriteError::Receive(ReceiveError::Database(sqlx::Error::PoolClosed));
         let (reply, mut answer) = oneshot::channel();
         let claim = Arc::new(AtomicU8::new(WAITING));
@@ -144,10 +201,9 @@ impl Drop for Abandon {
     }
 }
 
-async fn collect(pool: PgPool, mut waiting: mpsc::Receiver<Pending>) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+async fn collect(pool: PgPool, mut waiting: mpsc::Receiver<Pending>, flow: Arc<Flow>) {
     while let Some(first) = waiting.recv().await {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
+        let Ok(slot) = flow.slots.clone().acquire_owned().await else {
             return;
         };
         // Everything that arrived while we waited for a slot joins this batch; deliveries whose
@@ -166,6 +222,10 @@ async fn collect(pool: PgPool, mut waiting: mpsc::Receiver<Pending>) {
         if batch.is_empty() {
             continue;
         }
+        flow.low.store(batch.len() == 1, Ordering::Relaxed);
+        flow.batches.fetch_add(1, Ordering::Relaxed);
+        flow.batched
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         let pool = pool.clone();
         tokio::spawn(async move {
             write(&pool, batch).await;
@@ -190,13 +250,7 @@ async fn write(pool: &PgPool, batch: Vec<Pending>) {
         Err(ReceiveError::Unstorable(_)) if entries.len() > 1 => {
             // Isolate the delivery PostgreSQL refuses; store the others.
             for (entry, reply) in entries.into_iter().zip(replies) {
-                let result = match pool.acquire().await {
-                    Ok(mut conn) => inbox::receive_many(&mut conn, std::slice::from_ref(&entry))
-                        .await
-                        .map(|mut r| r.remove(0)),
-                    Err(error) => Err(ReceiveError::Database(error)),
-                };
-                let _ = reply.send(result);
+                let _ = reply.send(store_one(pool, &entry).await);
             }
         }
         Err(error) => {
@@ -212,4 +266,10 @@ async fn write(pool: &PgPool, batch: Vec<Pending>) {
             }
         }
     }
+}
+
+/// Stores one delivery in a statement of its own.
+async fn store_one(pool: &PgPool, entry: &OwnedEntry) -> Result<Received, ReceiveError> {
+    let mut conn = pool.acquire().await.map_err(ReceiveError::Database)?;
+    inbox::receive_owned(&mut conn, entry).await
 }

@@ -285,7 +285,7 @@ pub async fn receive(
         Route::Job(kind) => Some(kind),
         Route::Ignore => None,
     };
-    let row: Result<Option<(i64, Option<i64>)>, sqlx::Error> = sqlx::query_as(RECEIVE)
+    let row = sqlx::query_as(RECEIVE)
         .bind(entry.svix_id.as_str())
         .bind(entry.envelope.event_type.as_str())
         .bind(entry.payload)
@@ -296,6 +296,34 @@ pub async fn receive(
         .bind(MAX_ATTEMPTS)
         .fetch_optional(&mut *conn)
         .await;
+    received_one(conn, entry.svix_id.as_str(), row).await
+}
+
+/// [`receive`] for an owned entry (what the ingress's writer holds).
+pub async fn receive_owned(
+    conn: &mut PgConnection,
+    entry: &OwnedEntry,
+) -> Result<Received, ReceiveError> {
+    let row = sqlx::query_as(RECEIVE)
+        .bind(&entry.svix_id)
+        .bind(&entry.event_type)
+        .bind(&entry.payload)
+        .bind(entry.svix_timestamp)
+        .bind(&entry.svix_signature)
+        .bind(entry.kind)
+        .bind(QUEUE)
+        .bind(MAX_ATTEMPTS)
+        .fetch_optional(&mut *conn)
+        .await;
+    received_one(conn, &entry.svix_id, row).await
+}
+
+/// What [`RECEIVE`]'s answer means: new rows, a duplicate (counted), or a refusal.
+async fn received_one(
+    conn: &mut PgConnection,
+    svix_id: &str,
+    row: Result<Option<(i64, Option<i64>)>, sqlx::Error>,
+) -> Result<Received, ReceiveError> {
     match row {
         Ok(Some((inbox_id, job_id))) => Ok(Received {
             new: true,
@@ -303,7 +331,7 @@ pub async fn receive(
             job_id,
         }),
         Ok(None) => {
-            count_duplicates(conn, &[entry.svix_id.as_str()]).await?;
+            count_duplicates(conn, &[svix_id]).await?;
             Ok(Received {
                 new: false,
                 inbox_id: None,

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use ingress::inbox_writer::{InboxWriter, WriteError};
+use ingress::inbox_writer::{InboxWriter, WriteError, WriterStats};
 use integration_tests::{TestDb, fresh_db, wait_for};
 use onboarding::inbox::OwnedEntry;
 use serde_json::Value;
@@ -211,4 +211,57 @@ async fn a_request_answered_503_is_never_written_and_one_a_batch_took_is_answere
         "a delivery answered 503 was written"
     );
     let _ = ingress.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_lone_delivery_is_written_by_its_own_request_and_deliveries_that_queue_go_as_one_batch() {
+    let db = fresh_db().await;
+    let writer = InboxWriter::spawn(db.pool.clone());
+    let long = Duration::from_secs(300);
+    let stats = |written_alone, batches, batched| WriterStats {
+        written_alone,
+        batches,
+        batched,
+    };
+
+    // Nothing queued and nothing being written: the request writes its delivery itself.
+    assert!(writer.receive(entry("msg_lone"), long).await.unwrap().new);
+    assert_eq!(writer.stats(), stats(1, 0, 0));
+
+    // A write held on a lock: deliveries that arrive meanwhile queue, then go as one batch.
+    let mut blocker = block_on(&db, "msg_held").await;
+    let held = {
+        let writer = writer.clone();
+        tokio::spawn(async move { writer.receive(entry("msg_held"), long).await })
+    };
+    wait_blocked(&db).await;
+    let mut queued = Vec::new();
+    for n in 0..5 {
+        let mut call = Box::pin(writer.receive(entry(&format!("msg_queued{n}")), long));
+        assert!(futures::poll!(&mut call).is_pending(), "msg_queued{n}");
+        queued.push(call);
+    }
+    sqlx::query("rollback").execute(&mut blocker).await.unwrap();
+    assert!(held.await.unwrap().unwrap().new);
+    for call in queued {
+        assert!(call.await.unwrap().new);
+    }
+    assert_eq!(writer.stats(), stats(2, 1, 5));
+
+    // After a batch of several, a lone delivery still goes through the collector (no lone
+    // write slips in between batches under load); its batch of one reopens the direct path.
+    assert!(writer.receive(entry("msg_after1"), long).await.unwrap().new);
+    assert_eq!(writer.stats(), stats(2, 2, 6));
+    assert!(writer.receive(entry("msg_after2"), long).await.unwrap().new);
+    assert_eq!(writer.stats(), stats(3, 2, 6));
+
+    let stored: i64 = sqlx::query_scalar("select count(*) from onboard.inbox")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let jobs: i64 = sqlx::query_scalar("select count(*) from onboard.job")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!((stored, jobs), (9, 9));
 }
