@@ -2,7 +2,9 @@
 //! and one commit, and each request is answered only after the commit that stored it.
 //!
 //! A single collector takes whatever deliveries are waiting (no timer: batches form while
-//! earlier ones are in flight) and runs at most [`IN_FLIGHT`] batches at once. A batch that
+//! earlier ones are in flight) and writes one batch at a time, on the writer's own connection
+//! (held, not taken from the pool per write: a pooled connection costs a task spawn each time it
+//! goes back). A batch that
 //! PostgreSQL refuses as a whole (a payload it cannot store) is retried one delivery at a time,
 //! so only the bad delivery is rejected.
 //!
@@ -23,13 +25,11 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use onboarding::inbox::{self, OwnedEntry, ReceiveError, Received};
-use sqlx::PgPool;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 /// Deliveries per statement at most.
 pub const MAX_BATCH: usize = 64;
-/// Batches being written at once at most.
-pub const IN_FLIGHT: usize = 1;
 /// Deliveries waiting for a batch at most; more are refused (`503`).
 pub const QUEUE_CAPACITY: usize = 2048;
 
@@ -73,14 +73,14 @@ pub enum WriteError {
 pub struct InboxWriter {
     queue: mpsc::Sender<Pending>,
     flow: Arc<Flow>,
-    pool: PgPool,
 }
 
 /// What the requests and the collector share.
 #[derive(Debug)]
 struct Flow {
-    /// One permit per write in flight (a batch, or a delivery its own request writes).
-    slots: Arc<Semaphore>,
+    /// The writer's connection, locked by the one write in flight (a batch, or a delivery its
+    /// own request writes).
+    link: Arc<Mutex<Link>>,
     /// The last write carried one delivery: concurrency is low, the direct path is open.
     low: AtomicBool,
     written_alone: AtomicU64,
@@ -118,14 +118,14 @@ impl InboxWriter {
     pub fn spawn_with_capacity(pool: PgPool, capacity: usize) -> Self {
         let (queue, waiting) = mpsc::channel(capacity.max(1));
         let flow = Arc::new(Flow {
-            slots: Arc::new(Semaphore::new(IN_FLIGHT)),
+            link: Arc::new(Mutex::new(Link { pool, conn: None })),
             low: AtomicBool::new(true),
             written_alone: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             batched: AtomicU64::new(0),
         });
-        tokio::spawn(collect(pool.clone(), waiting, flow.clone()));
-        InboxWriter { queue, flow, pool }
+        tokio::spawn(collect(waiting, flow.clone()));
+        InboxWriter { queue, flow }
     }
 
     /// How deliveries were written so far.
@@ -151,11 +151,10 @@ impl InboxWriter {
     ) -> Result<Received, WriteError> {
         if self.flow.low.load(Ordering::Relaxed)
             && self.queued() == 0
-            && let Ok(slot) = self.flow.slots.clone().try_acquire_owned()
+            && let Ok(mut link) = self.flow.link.try_lock()
         {
-            let result = store_one(&self.pool, &entry).await;
+            let result = link.store_one(&entry).await;
             self.flow.written_alone.fetch_add(1, Ordering::Relaxed);
-            drop(slot);
             return Ok(result?);
         }
         let closed = || WriteError::Receive(ReceiveError::Database(sqlx::Error::PoolClosed));
@@ -201,13 +200,11 @@ impl Drop for Abandon {
     }
 }
 
-async fn collect(pool: PgPool, mut waiting: mpsc::Receiver<Pending>, flow: Arc<Flow>) {
+async fn collect(mut waiting: mpsc::Receiver<Pending>, flow: Arc<Flow>) {
     while let Some(first) = waiting.recv().await {
-        let Ok(slot) = flow.slots.clone().acquire_owned().await else {
-            return;
-        };
-        // Everything that arrived while we waited for a slot joins this batch; deliveries whose
-        // request gave up are dropped here, unwritten.
+        let mut link = flow.link.lock().await;
+        // Everything that arrived while we waited for the connection joins this batch;
+        // deliveries whose request gave up are dropped here, unwritten.
         let mut batch = Vec::new();
         if first.take() {
             batch.push(first);
@@ -226,50 +223,77 @@ async fn collect(pool: PgPool, mut waiting: mpsc::Receiver<Pending>, flow: Arc<F
         flow.batches.fetch_add(1, Ordering::Relaxed);
         flow.batched
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            write(&pool, batch).await;
-            drop(slot);
-        });
+        link.write(batch).await;
     }
 }
 
-async fn write(pool: &PgPool, batch: Vec<Pending>) {
-    let (entries, replies): (Vec<OwnedEntry>, Vec<Reply>) =
-        batch.into_iter().map(|p| (p.entry, p.reply)).unzip();
-    let result = match pool.acquire().await {
-        Ok(mut conn) => inbox::receive_many(&mut conn, &entries).await,
-        Err(error) => Err(ReceiveError::Database(error)),
-    };
-    match result {
-        Ok(received) => {
-            for (reply, received) in replies.into_iter().zip(received) {
-                let _ = reply.send(Ok(received));
-            }
+/// The writer's own connection: taken out of the pool on first use, and again after a database
+/// error (which may have broken it) or a write that was cancelled mid-statement.
+#[derive(Debug)]
+struct Link {
+    pool: PgPool,
+    conn: Option<PgConnection>,
+}
+
+impl Link {
+    /// Runs `write` on the connection; keeps the connection only if it answered.
+    async fn on_conn<T>(
+        &mut self,
+        write: impl AsyncFnOnce(&mut PgConnection) -> Result<T, ReceiveError>,
+    ) -> Result<T, ReceiveError> {
+        let mut conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => self
+                .pool
+                .acquire()
+                .await
+                .map_err(ReceiveError::Database)?
+                .detach(),
+        };
+        let result = write(&mut conn).await;
+        if !matches!(result, Err(ReceiveError::Database(_))) {
+            self.conn = Some(conn);
         }
-        Err(ReceiveError::Unstorable(_)) if entries.len() > 1 => {
-            // Isolate the delivery PostgreSQL refuses; store the others.
-            for (entry, reply) in entries.into_iter().zip(replies) {
-                let _ = reply.send(store_one(pool, &entry).await);
+        result
+    }
+
+    /// Stores one delivery in a statement of its own.
+    async fn store_one(&mut self, entry: &OwnedEntry) -> Result<Received, ReceiveError> {
+        self.on_conn(async |conn| inbox::receive_owned(conn, entry).await)
+            .await
+    }
+
+    /// Stores a batch in one statement and answers each of its requests.
+    async fn write(&mut self, batch: Vec<Pending>) {
+        let (entries, replies): (Vec<OwnedEntry>, Vec<Reply>) =
+            batch.into_iter().map(|p| (p.entry, p.reply)).unzip();
+        let result = self
+            .on_conn(async |conn| inbox::receive_many(conn, &entries).await)
+            .await;
+        match result {
+            Ok(received) => {
+                for (reply, received) in replies.into_iter().zip(received) {
+                    let _ = reply.send(Ok(received));
+                }
             }
-        }
-        Err(error) => {
-            let message = error.to_string();
-            let mut replies = replies.into_iter();
-            if let Some(first) = replies.next() {
-                let _ = first.send(Err(error));
+            Err(ReceiveError::Unstorable(_)) if entries.len() > 1 => {
+                // Isolate the delivery PostgreSQL refuses; store the others.
+                for (entry, reply) in entries.iter().zip(replies) {
+                    let _ = reply.send(self.store_one(entry).await);
+                }
             }
-            for reply in replies {
-                let _ = reply.send(Err(ReceiveError::Database(sqlx::Error::Protocol(
-                    message.clone(),
-                ))));
+            Err(error) => {
+                let message = error.to_string();
+                let mut replies = replies.into_iter();
+                if let Some(first) = replies.next() {
+                    let _ = first.send(Err(error));
+                }
+                for reply in replies {
+                    let _ = reply.send(Err(ReceiveError::Database(sqlx::Error::Protocol(
+                        message.clone(),
+                    ))));
+                }
             }
         }
     }
-}
-
-/// Stores one delivery in a statement of its own.
-async fn store_one(pool: &PgPool, entry: &OwnedEntry) -> Result<Received, ReceiveError> {
-    let mut conn = pool.acquire().await.map_err(ReceiveError::Database)?;
-    inbox::receive_owned(&mut conn, entry).await
 }
