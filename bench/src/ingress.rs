@@ -13,6 +13,8 @@ use crate::floor::peers_bench;
 use crate::{Figure, Server};
 
 const SECONDS: u64 = 10;
+/// One slice of the alternating floor / ours measurement.
+const SLICE: Duration = Duration::from_secs(3);
 const WARMUP: Duration = Duration::from_secs(2);
 const SECRET: &str = "whsec_YmVuY2gtb25seS1vbmJvYXJkLXdlYmhvb2stc2VjcmV0";
 
@@ -240,21 +242,54 @@ async fn fresh(server: &Server) -> anyhow::Result<sqlx::PgPool> {
 }
 
 fn floor(server: &Server, concurrency: u32) -> anyhow::Result<f64> {
-    let dir = peers_bench().join("ingress");
+    let db = floor_database(server)?;
+    floor_slice(
+        server,
+        &db,
+        concurrency as usize,
+        Duration::from_secs(SECONDS),
+    )
+}
+
+/// A fresh database with the floor's schema.
+fn floor_database(server: &Server) -> anyhow::Result<String> {
     let db = "floor_ingress";
     crate::floor::fresh_database(server, db)?;
-    crate::floor::psql_file(server, db, &dir.join("schema.sql"))?;
+    crate::floor::psql_file(server, db, &peers_bench().join("ingress/schema.sql"))?;
     crate::floor::psql(server, db, "checkpoint")?;
+    Ok(db.to_owned())
+}
+
+/// pgbench running the one-round-trip floor on `db` for `length`; its rate.
+fn floor_slice(
+    server: &Server,
+    db: &str,
+    concurrency: usize,
+    length: Duration,
+) -> anyhow::Result<f64> {
     let payload = serde_json::to_string(&fixture()?)?;
-    let script = dir.join("pgbench/floor_1rt.sql");
+    let script = peers_bench().join("ingress/pgbench/floor_1rt.sql");
     crate::floor::pgbench_with(
         server,
         db,
         &script,
-        concurrency,
-        SECONDS as u32,
+        concurrency as u32,
+        length.as_secs() as u32,
         &format!("payload={payload}"),
     )
+}
+
+/// Alternating slices per concurrency (`BENCH_SLICES`, default 5).
+fn slices() -> usize {
+    std::env::var("BENCH_SLICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(5)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    percentile(values, 50.0)
 }
 
 pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
@@ -265,11 +300,8 @@ pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
         .map(|v| v.split(',').filter_map(|c| c.parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 16, 64]);
     let from_wrk = have_wrk();
+    let slices = slices();
     for concurrency in levels {
-        eprintln!("floor: floor_1rt.sql at concurrency {concurrency} …");
-        let floor_rate = floor(server, concurrency as u32)?;
-        let floor_cfg = format!("pgbench floor_1rt.sql c={concurrency} T={SECONDS}s");
-
         eprintln!("ours at concurrency {concurrency} …");
         let pool = fresh(server).await?;
         let secrets = ingress::WebhookSecrets::parse(&SECRET.to_owned().into())?;
@@ -284,49 +316,74 @@ pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
         }
         let running = ingress::spawn(pool.clone(), &settings).await?;
         let url = format!("http://{}/webhooks/clerk", running.ingress_addr);
-        let (rate, mut run) = if from_wrk {
-            // wrk (as the peers were measured): a light C client, 1 thread, C connections.
-            let dir = std::env::temp_dir();
-            let (warm, main) = (
-                dir.join("onboard-bench-warm.req"),
-                dir.join("onboard-bench-main.req"),
-            );
+        let (floor_rate, floor_cfg, rate, mut run) = if from_wrk {
+            // wrk (as the peers were measured): a light C client, 1 thread, C connections. The
+            // floor and ours alternate in short slices, so that a machine whose speed drifts
+            // during the run slows both alike; each figure is the median of its slices.
             let per_second = if concurrency == 1 { 5_000 } else { 30_000 };
-            request_file(&warm, per_second * WARMUP.as_secs() as usize, offset)?;
-            request_file(&main, per_second * SECONDS as usize, offset + 1_000_000)?;
-            offset += 2_000_000;
-            let (url, warm_path, main_path) = (url.clone(), warm.clone(), main.clone());
-            let summary = tokio::task::spawn_blocking(move || -> anyhow::Result<Value> {
-                wrk(&url, concurrency, WARMUP.as_secs(), &warm_path)?;
-                wrk(&url, concurrency, SECONDS, &main_path)
+            let slice_requests = per_second * SLICE.as_secs() as usize;
+            let floor_db = floor_database(server)?;
+            let file = std::env::temp_dir().join("onboard-bench-slice.req");
+            request_file(&file, per_second * WARMUP.as_secs() as usize, offset)?;
+            offset += 1_000_000;
+            let (warm_url, path) = (url.clone(), file.clone());
+            tokio::task::spawn_blocking(move || {
+                wrk(&warm_url, concurrency, WARMUP.as_secs(), &path)
             })
             .await??;
-            anyhow::ensure!(
-                summary["wrapped"] == 0,
-                "wrk ran out of distinct deliveries: {summary}"
-            );
-            let _ = std::fs::remove_file(&warm);
-            let _ = std::fs::remove_file(&main);
-            let latencies = vec![
-                summary["p50_ms"].as_f64().unwrap_or_default(),
-                summary["p90_ms"].as_f64().unwrap_or_default(),
-                summary["p99_ms"].as_f64().unwrap_or_default(),
-            ];
+            floor_slice(server, &floor_db, concurrency, WARMUP)?;
+            let (mut floors, mut ours, mut p50s, mut p90s, mut p99s) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let (mut requests, mut non_2xx) = (0, 0);
+            for _ in 0..slices {
+                floors.push(floor_slice(server, &floor_db, concurrency, SLICE)?);
+                request_file(&file, slice_requests, offset)?;
+                offset += 1_000_000;
+                let (url, path) = (url.clone(), file.clone());
+                let summary = tokio::task::spawn_blocking(move || {
+                    wrk(&url, concurrency, SLICE.as_secs(), &path)
+                })
+                .await??;
+                anyhow::ensure!(
+                    summary["wrapped"] == 0,
+                    "wrk ran out of distinct deliveries: {summary}"
+                );
+                ours.push(summary["rps"].as_f64().unwrap_or_default());
+                p50s.push(summary["p50_ms"].as_f64().unwrap_or_default());
+                p90s.push(summary["p90_ms"].as_f64().unwrap_or_default());
+                p99s.push(summary["p99_ms"].as_f64().unwrap_or_default());
+                requests += summary["requests"].as_u64().unwrap_or_default() as usize;
+                non_2xx += summary["non2xx"].as_u64().unwrap_or_default() as usize;
+            }
+            let _ = std::fs::remove_file(&file);
+            eprintln!("  floor slices {floors:.0?}, ours {ours:.0?}");
             let run = Run {
-                requests: summary["requests"].as_u64().unwrap_or_default() as usize,
-                non_2xx: summary["non2xx"].as_u64().unwrap_or_default() as usize,
-                latencies_ms: latencies,
+                requests,
+                non_2xx,
+                latencies_ms: vec![median(&mut p50s), median(&mut p90s), median(&mut p99s)],
             };
-            (summary["rps"].as_f64().unwrap_or_default(), run)
+            let cfg = format!(
+                "pgbench floor_1rt.sql c={concurrency}, {slices} slices of {}s alternating with ours (medians)",
+                SLICE.as_secs()
+            );
+            (median(&mut floors), cfg, median(&mut ours), run)
         } else {
             eprintln!(
                 "(wrk not found: using an in-process reqwest load generator, which costs more CPU)"
             );
+            eprintln!("floor: floor_1rt.sql at concurrency {concurrency} …");
+            let floor_rate = floor(server, concurrency as u32)?;
+            let floor_cfg = format!("pgbench floor_1rt.sql c={concurrency} T={SECONDS}s");
             let count = 15_000 * (SECONDS as usize + 3) * if concurrency == 1 { 1 } else { 2 } / 2;
             let batch = Arc::new(deliveries(count, offset)?);
             offset += count;
             let run = replay(url, batch, concurrency).await?;
-            (run.requests as f64 / SECONDS as f64, run)
+            (
+                floor_rate,
+                floor_cfg,
+                run.requests as f64 / SECONDS as f64,
+                run,
+            )
         };
         let _ = running.shutdown().await;
         let stored: i64 = sqlx::query_scalar("select count(*) from onboard.inbox")
