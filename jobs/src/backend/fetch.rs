@@ -185,19 +185,9 @@ pub(crate) async fn run_fetcher<Args: JobArgs>(
         if restricted {
             delay = delay.min(CAP_RECHECK);
         }
-        if wait(&shared, delay).await {
-            // Woken by an enqueue: let the enqueues committing with it land, and claim them
-            // together (one claim instead of one per wake-up).
-            tokio::select! {
-                () = tokio::time::sleep(COALESCE) => {}
-                () = shared.draining.cancelled() => {}
-            }
-        }
+        wait(&shared, delay).await;
     }
 }
-
-/// How long a fetcher woken by a wake-up waits before it claims.
-const COALESCE: Duration = Duration::from_millis(1);
 
 /// How long a fetcher facing a backlog waits for more free slots before it claims.
 const GATHER: Duration = Duration::from_millis(2);
@@ -224,12 +214,12 @@ async fn gather(shared: &Shared, batch: usize) -> usize {
     }
 }
 
-/// Sleeps until `delay` passes, a wake-up arrives, or the backend stops; true on a wake-up.
-async fn wait(shared: &Shared, delay: Duration) -> bool {
+/// Sleeps until `delay` passes, a wake-up arrives, or the backend stops.
+async fn wait(shared: &Shared, delay: Duration) {
     tokio::select! {
-        () = tokio::time::sleep(delay) => false,
-        () = shared.wake.notified() => true,
-        () = shared.draining.cancelled() => false,
+        () = tokio::time::sleep(delay) => {}
+        () = shared.wake.notified() => {}
+        () = shared.draining.cancelled() => {}
     }
 }
 
