@@ -249,8 +249,9 @@ async fn advance(
     Ok(None)
 }
 
-/// Runs `step` and the local steps after it; the last one's success enqueues the job of the
-/// first one that is not local and completes `own`'s job. Returns whether `own` held its job.
+/// Runs `step` and the local steps after it, then records their successes, enqueues the job of
+/// the first step that is not local and completes `own`'s job, in one statement. Returns
+/// whether `own` held its job.
 async fn run_local_steps(
     conn: &mut PgConnection,
     saga: &Saga,
@@ -258,14 +259,19 @@ async fn run_local_steps(
     own: saga::Attempt,
 ) -> Result<bool, StepError> {
     let mut organization = None;
+    let mut done = Vec::new();
     loop {
         let output = perform_local(conn, step, saga, organization).await?;
-        organization = output["organization_id"].as_i64();
-        match saga::step_attempt_succeeded(conn, saga, step, &output, own).await? {
-            saga::StepSucceeded::Local(next) => step = next,
-            saga::StepSucceeded::Settled { held } => return Ok(held),
+        organization = organization.or(output["organization_id"].as_i64());
+        done.push((step, output));
+        match saga::next_step(step) {
+            Some(next) if saga::is_local(next) => step = next,
+            _ => break,
         }
     }
+    // Their successes are recorded together, with the next step's job and `own`'s completion.
+    let done: Vec<(&str, &Value)> = done.iter().map(|(step, output)| (*step, output)).collect();
+    Ok(saga::steps_succeeded(conn, saga, &done, own).await?)
 }
 
 /// What an attempt does with its own job in the transaction that records its outcome.

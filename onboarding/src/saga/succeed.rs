@@ -41,6 +41,13 @@ update onboard.onboarding_step
    set state = 'done', attempts = attempts + 1, output = $3, updated_at = now()
  where onboarding_id = $1 and name = $2";
 
+/// [`DONE`] for several steps: $2 their names, $3 their outputs.
+const DONE_MANY: &str = "
+    update onboard.onboarding_step s
+       set state = 'done', attempts = s.attempts + 1, output = d.output, updated_at = now()
+      from unnest($2::text[], $3::jsonb[]) as d(name, output)
+     where s.onboarding_id = $1 and s.name = d.name";
+
 /// The job insert of `jobs::enqueue` (a duplicate unique key inserts nothing), as a CTE.
 /// $4 kind, $5 queue, $6 args, $7 priority, $8 run_at, $9 max attempts, $10 unique key,
 /// $11 unique completed.
@@ -64,7 +71,7 @@ const COMPLETE_OWN: &str = "
 /// Step done, next step's job, own job completed.
 fn done_next_sql() -> String {
     format!(
-        "with step as ({DONE}), next_job as ({INSERT_JOB}), own as ({COMPLETE_OWN})
+        "with step as ({DONE_MANY}), next_job as ({INSERT_JOB}), own as ({COMPLETE_OWN})
          select exists (select 1 from next_job), exists (select 1 from own)"
     )
 }
@@ -73,7 +80,7 @@ fn done_next_sql() -> String {
 /// the metadata job, own job completed: [`super::finish`]'s writes.
 fn done_finish_sql() -> String {
     format!(
-        "with step as ({DONE}),
+        "with step as ({DONE_MANY}),
               saga as (update onboard.onboarding set state = 'completed', updated_at = now() where id = $1),
               org as (update onboard.organization set onboarding_status = 'active', updated_at = now()
                        where clerk_org_id = $14 and onboarding_status <> 'deleted'),
@@ -96,9 +103,7 @@ pub async fn step_attempt_succeeded(
     output: &Value,
     own: Attempt,
 ) -> Result<StepSucceeded, sqlx::Error> {
-    let position = STEPS.iter().position(|s| *s == step).unwrap_or(STEPS.len());
-    let next = STEPS.get(position + 1).copied();
-    if let Some(next) = next.filter(|n| is_local(n)) {
+    if let Some(next) = next_step(step).filter(|n| is_local(n)) {
         sqlx::query(DONE)
             .bind(saga.id)
             .bind(step)
@@ -107,14 +112,41 @@ pub async fn step_attempt_succeeded(
             .await?;
         return Ok(StepSucceeded::Local(next));
     }
-    let (sql, job): (&'static str, NewJob) = match next {
+    let held = steps_succeeded(conn, saga, &[(step, output)], own).await?;
+    Ok(StepSucceeded::Settled { held })
+}
+
+/// The step after `step`, if any.
+pub fn next_step(step: &str) -> Option<&'static str> {
+    let position = STEPS.iter().position(|s| *s == step).unwrap_or(STEPS.len());
+    STEPS.get(position + 1).copied()
+}
+
+/// Consecutive steps' attempts that succeeded in one transaction (the local steps the worker
+/// runs together), the last of them followed by a step that calls a provider or by the saga's
+/// end: records each `done` with its output and its attempt counted, then what follows the
+/// last, and completes `own`'s job, in one statement — [`step_attempt_succeeded`] for each.
+/// Returns whether `own` still held its job (false: nothing was completed, roll back).
+pub async fn steps_succeeded(
+    conn: &mut PgConnection,
+    saga: &Saga,
+    done: &[(&str, &Value)],
+    own: Attempt,
+) -> Result<bool, sqlx::Error> {
+    let Some((last, _)) = done.last() else {
+        return Ok(jobs::complete(conn, own.job_id, own.attempt).await?);
+    };
+    let (sql, job): (&'static str, NewJob) = match next_step(last) {
         Some(next) => (DONE_NEXT.as_str(), step_job(saga, next)),
         None => (DONE_FINISH.as_str(), sync_job(saga.id, "completed")),
     };
+    let names: Vec<&str> = done.iter().map(|(name, _)| *name).collect();
+    let outputs: Vec<sqlx::types::Json<&Value>> =
+        done.iter().map(|(_, output)| sqlx::types::Json(*output)).collect();
     let (inserted, held): (bool, bool) = sqlx::query_as(sql)
         .bind(saga.id)
-        .bind(step)
-        .bind(sqlx::types::Json(output))
+        .bind(&names)
+        .bind(&outputs)
         .bind(&job.kind)
         .bind(&job.queue)
         .bind(sqlx::types::Json(&job.args))
@@ -132,7 +164,7 @@ pub async fn step_attempt_succeeded(
         // A live job held the key: `enqueue` finds it (or inserts once it has finished).
         enqueue(conn, &job).await?;
     }
-    Ok(StepSucceeded::Settled { held })
+    Ok(held)
 }
 
 /// Under the saga's lock: whether `own` still holds its job, and, when it does, the step's
