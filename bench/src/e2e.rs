@@ -594,7 +594,9 @@ async fn reset_statements(server: &Server) -> anyhow::Result<()> {
     sqlx::query("select pg_stat_statements_reset()")
         .execute(&mut admin)
         .await
-        .context("E2E_STATEMENTS needs pg_stat_statements preloaded and created in the admin database")?;
+        .context(
+            "E2E_STATEMENTS needs pg_stat_statements preloaded and created in the admin database",
+        )?;
     Ok(())
 }
 

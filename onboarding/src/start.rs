@@ -232,7 +232,9 @@ pub async fn start_from_inbox(
     conn: &mut PgConnection,
     inbox_id: i64,
 ) -> Result<Started, InboxStartError> {
-    Ok(start_from_inbox_with(conn, inbox_id, FirstJob::Enqueue).await?.0)
+    Ok(start_from_inbox_with(conn, inbox_id, FirstJob::Enqueue)
+        .await?
+        .0)
 }
 
 /// [`start_from_inbox`] for a caller that runs a new saga's first steps itself, in the same

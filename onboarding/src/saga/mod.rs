@@ -18,11 +18,11 @@ pub use operator::{
     cancel_step_job_now, discard_step_job, restart, retry, retry_step_job, saga_actions,
     step_job_actions,
 };
-pub use succeed::{
-    Attempt, StepSucceeded, attempt_holds, next_step, step_attempt_succeeded, steps_succeeded,
-};
 pub use reconcile::{
     RECONCILE_EVERY, RECONCILE_KIND, Reconciled, reconcile, reconcile_job, stranded,
+};
+pub use succeed::{
+    Attempt, StepSucceeded, attempt_holds, next_step, step_attempt_succeeded, steps_succeeded,
 };
 
 use serde_json::{Value, json};

@@ -134,15 +134,17 @@ pub async fn steps_succeeded(
     own: Attempt,
 ) -> Result<bool, sqlx::Error> {
     let Some((last, _)) = done.last() else {
-        return Ok(jobs::complete(conn, own.job_id, own.attempt).await?);
+        return jobs::complete(conn, own.job_id, own.attempt).await;
     };
     let (sql, job): (&'static str, NewJob) = match next_step(last) {
         Some(next) => (DONE_NEXT.as_str(), step_job(saga, next)),
         None => (DONE_FINISH.as_str(), sync_job(saga.id, "completed")),
     };
     let names: Vec<&str> = done.iter().map(|(name, _)| *name).collect();
-    let outputs: Vec<sqlx::types::Json<&Value>> =
-        done.iter().map(|(_, output)| sqlx::types::Json(*output)).collect();
+    let outputs: Vec<sqlx::types::Json<&Value>> = done
+        .iter()
+        .map(|(_, output)| sqlx::types::Json(*output))
+        .collect();
     let (inserted, held): (bool, bool) = sqlx::query_as(sql)
         .bind(saga.id)
         .bind(&names)

@@ -1,12 +1,12 @@
 //! A step attempt's success in one statement (`onboarding::saga::step_attempt_succeeded`): the
 //! step, what follows it and the attempt's own job, fenced by the attempt.
 
+use integration_tests::fresh_db;
 use onboarding::id::ClerkOrgId;
 use onboarding::request::{Creator, OnboardingRequest, Source};
 use onboarding::saga::{self, Attempt, StepSucceeded};
 use serde_json::json;
 use sqlx::PgConnection;
-use integration_tests::fresh_db;
 
 /// Starts a saga for `org` and claims its first job as attempt 1 would; returns the locked
 /// saga (in `tx`'s caller) and that job's id.
@@ -81,9 +81,12 @@ async fn a_step_success_records_the_step_enqueues_the_next_and_completes_its_own
     let twilio_key = format!("onboarding:{}:twilio_subaccount", saga.id);
     let holder = jobs::enqueue(
         &mut conn,
-        &jobs::NewJob::new("onboarding.twilio_subaccount", json!({ "onboarding_id": saga.id }))
-            .queue("onboarding")
-            .unique_key(twilio_key.clone()),
+        &jobs::NewJob::new(
+            "onboarding.twilio_subaccount",
+            json!({ "onboarding_id": saga.id }),
+        )
+        .queue("onboarding")
+        .unique_key(twilio_key.clone()),
     )
     .await
     .unwrap()
@@ -120,15 +123,10 @@ async fn a_step_success_records_the_step_enqueues_the_next_and_completes_its_own
     }
 
     // The same attempt again no longer holds its (completed) job: it reports so.
-    let again = saga::step_attempt_succeeded(
-        &mut conn,
-        &saga,
-        "default_permissions",
-        &json!({}),
-        attempt,
-    )
-    .await
-    .unwrap();
+    let again =
+        saga::step_attempt_succeeded(&mut conn, &saga, "default_permissions", &json!({}), attempt)
+            .await
+            .unwrap();
     assert_eq!(again, StepSucceeded::Settled { held: false });
 }
 
