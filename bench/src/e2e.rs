@@ -7,7 +7,9 @@
 //! Figures: `e2e_burst_rate` (a burst of `E2E_BURST`, default 1,000: onboardings/s from the first
 //! send to the last `completed`, median of `E2E_RUNS`, default 3), `e2e_trickle_p99` (`E2E_TRICKLE`,
 //! default 500, at 50/s: ms from the `organization.created` send to `completed`), their p50s, jobs
-//! and commits per onboarding, and the peak RSS of each process.
+//! and commits per onboarding, and the peak RSS of each process. With `E2E_STATEMENTS=N` (a
+//! server in `DATABASE_URL` that preloads `pg_stat_statements`, the extension created in its
+//! admin database) each burst also prints its statements per onboarding and the N most frequent.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -531,6 +533,10 @@ async fn burst(
         .fetch_one(&stack.pool)
         .await?;
     let cpu_before = cpu_by_process(&stack).await?;
+    let statements = env_usize("E2E_STATEMENTS", 0);
+    if statements > 0 {
+        reset_statements(server).await?;
+    }
     let first = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs_f64();
     let sent = send_all(&client, &stack.webhook, &batch).await?;
     let done = completions(&stack.pool, warmup + count).await?;
@@ -567,6 +573,9 @@ async fn burst(
         "e2e: CPU ms per onboarding in the burst (database: this database's server processes): {}",
         per_org.join(", ")
     );
+    if statements > 0 {
+        print_statements(server, count, statements).await?;
+    }
     let lat = latencies(&sent, &done);
     merge_rss(rss, stack.peak_rss());
     stack.stop().await;
@@ -576,6 +585,45 @@ async fn burst(
         jobs: jobs as f64 / count as f64,
         commits: commits / count as f64,
     })
+}
+
+/// Resets `pg_stat_statements` (`E2E_STATEMENTS`: the server must preload it and its admin
+/// database have the extension).
+async fn reset_statements(server: &Server) -> anyhow::Result<()> {
+    let mut admin = PgConnection::connect(&server.admin_url).await?;
+    sqlx::query("select pg_stat_statements_reset()")
+        .execute(&mut admin)
+        .await
+        .context(
+            "E2E_STATEMENTS needs pg_stat_statements preloaded and created in the admin database",
+        )?;
+    Ok(())
+}
+
+/// Prints the `limit` statements of the burst's database that ran most often, per onboarding:
+/// calls, mean ms, rows per call, and the total.
+async fn print_statements(server: &Server, count: usize, limit: usize) -> anyhow::Result<()> {
+    let mut admin = PgConnection::connect(&server.admin_url).await?;
+    let rows: Vec<(f64, f64, f64, f64, String)> = sqlx::query_as(
+        "select s.calls::float8 / $1, s.mean_exec_time, s.rows::float8 / greatest(s.calls, 1),
+                s.total_exec_time / $1, regexp_replace(s.query, '\\s+', ' ', 'g')
+           from pg_stat_statements s join pg_database d on d.oid = s.dbid
+          where d.datname = $2 order by s.calls desc",
+    )
+    .bind(count as f64)
+    .bind(DATABASE)
+    .fetch_all(&mut admin)
+    .await?;
+    let total: f64 = rows.iter().map(|r| r.0).sum();
+    let exec: f64 = rows.iter().map(|r| r.3).sum();
+    eprintln!(
+        "e2e: statements per onboarding {total:.1} ({exec:.2} ms executing); the {limit} most frequent (calls/onb, mean ms, rows/call, ms/onb, query):"
+    );
+    for (calls, mean, rows, ms, query) in rows.iter().take(limit) {
+        let query: String = query.chars().take(160).collect();
+        eprintln!("  {calls:>6.2} {mean:>7.3} {rows:>6.2} {ms:>6.3}  {query}");
+    }
+    Ok(())
 }
 
 fn merge_rss(into: &mut Vec<(String, f64)>, from: Vec<(String, f64)>) {

@@ -64,6 +64,22 @@ first_job as (
 )
 select saga.id, (select id from first_job) from saga";
 
+/// [`START`] for a caller that runs the first steps itself: no job insert (whose statement
+/// trigger would fire for nothing). Same parameters; $5–$8 and $10 are unused.
+const START_FOR_CALLER: &str = "
+with saga as (
+    insert into onboard.onboarding (clerk_org_id, source, request, inbox_id)
+    values ($1, $2, $3::jsonb, $9::bigint)
+    on conflict (clerk_org_id) do nothing
+    returning id
+),
+saga_steps as (
+    insert into onboard.onboarding_step (onboarding_id, name, position)
+    select saga.id, step.name, step.position
+      from saga cross join unnest($4::text[]) with ordinality as step(name, position)
+)
+select saga.id, null::bigint from saga";
+
 const FIND_ID: &str = "select id from onboard.onboarding where clerk_org_id = $1";
 
 /// True when `organization.deleted` tombstoned the organization. The share lock serialises
@@ -120,7 +136,11 @@ async fn start_with_inbox(
         ));
     }
     loop {
-        let row: Option<(i64, Option<i64>)> = sqlx::query_as(START)
+        let sql = match first_job {
+            FirstJob::Enqueue => START,
+            FirstJob::Caller => START_FOR_CALLER,
+        };
+        let row: Option<(i64, Option<i64>)> = sqlx::query_as(sql)
             .bind(request.org_id.as_str())
             .bind(request.source.as_str())
             .bind(sqlx::types::Json(request))
@@ -212,16 +232,18 @@ pub async fn start_from_inbox(
     conn: &mut PgConnection,
     inbox_id: i64,
 ) -> Result<Started, InboxStartError> {
-    start_from_inbox_with(conn, inbox_id, FirstJob::Enqueue).await
+    Ok(start_from_inbox_with(conn, inbox_id, FirstJob::Enqueue)
+        .await?
+        .0)
 }
 
 /// [`start_from_inbox`] for a caller that runs a new saga's first steps itself, in the same
 /// transaction (the worker runs the steps that touch only our database there): a new saga gets
-/// no first job.
+/// no first job. Also returns the request, as stored in a new saga's row.
 pub async fn start_from_inbox_for_caller(
     conn: &mut PgConnection,
     inbox_id: i64,
-) -> Result<Started, InboxStartError> {
+) -> Result<(Started, OnboardingRequest), InboxStartError> {
     start_from_inbox_with(conn, inbox_id, FirstJob::Caller).await
 }
 
@@ -229,7 +251,7 @@ async fn start_from_inbox_with(
     conn: &mut PgConnection,
     inbox_id: i64,
     first_job: FirstJob,
-) -> Result<Started, InboxStartError> {
+) -> Result<(Started, OnboardingRequest), InboxStartError> {
     let row: Option<(String, Option<String>)> = sqlx::query_as(INBOX_EVENT)
         .bind(inbox_id)
         .fetch_optional(&mut *conn)
@@ -250,7 +272,8 @@ async fn start_from_inbox_with(
     })?;
     let request = crate::inbox::organization_created(payload.as_bytes())
         .map_err(|source| InboxStartError::Payload { inbox_id, source })?;
-    Ok(start_with_inbox(conn, &request, Some(inbox_id), first_job).await?)
+    let started = start_with_inbox(conn, &request, Some(inbox_id), first_job).await?;
+    Ok((started, request))
 }
 
 /// What an idempotent start did.

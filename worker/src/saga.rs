@@ -167,24 +167,36 @@ async fn start_onboarding(pool: PgPool, job: AnyJob, ctx: JobContext) -> Result<
     // …and its one saga, in the same transaction, with the steps that touch only our database.
     // An organization deleted before its creation was processed is not onboarded: its deletion
     // (serialised with this transaction by the organization row's lock) already offboarded it.
-    let started = match onboarding::start::start_from_inbox_for_caller(&mut tx, inbox_id).await {
-        Ok(started) => started,
-        Err(onboarding::start::InboxStartError::OrganizationDeleted(_)) => {
-            commit_held(tx, &ctx, Verdict::Complete).await?;
-            tracing::info!(inbox_id, "organization already deleted: not onboarding it");
-            return Ok(());
-        }
-        Err(e) if e.is_permanent() => return Err(JobError::permanent(e)),
-        Err(e) => return Err(retry(e)),
-    };
-    if started.created {
-        let saga = saga::lock(&mut tx, started.onboarding_id)
+    let (started, request) =
+        match onboarding::start::start_from_inbox_for_caller(&mut tx, inbox_id).await {
+            Ok(started) => started,
+            Err(onboarding::start::InboxStartError::OrganizationDeleted(_)) => {
+                commit_held(tx, &ctx, Verdict::Complete).await?;
+                tracing::info!(inbox_id, "organization already deleted: not onboarding it");
+                return Ok(());
+            }
+            Err(e) if e.is_permanent() => return Err(JobError::permanent(e)),
+            Err(e) => return Err(retry(e)),
+        };
+    let settled = if started.created {
+        // The row this transaction just inserted (and so holds): no need to read and lock it.
+        let saga = Saga {
+            id: started.onboarding_id,
+            clerk_org_id: request.org_id.as_str().to_owned(),
+            state: "running".into(),
+            request: serde_json::to_value(&request).map_err(retry)?,
+            run: 1,
+        };
+        advance(&mut tx, &saga, STEPS[0], own(&ctx))
             .await
             .map_err(retry)?
-            .ok_or_else(|| retry("the onboarding just started is gone"))?;
-        advance(&mut tx, &saga, STEPS[0]).await.map_err(retry)?;
+    } else {
+        None
+    };
+    match settled {
+        Some(held) => commit_settled(tx, &ctx, held).await?,
+        None => commit_held(tx, &ctx, Verdict::Complete).await?,
     }
-    commit_held(tx, &ctx, Verdict::Complete).await?;
     tracing::info!(
         inbox_id,
         onboarding = started.onboarding_id,
@@ -194,20 +206,34 @@ async fn start_onboarding(pool: PgPool, job: AnyJob, ctx: JobContext) -> Result<
     Ok(())
 }
 
+/// The fence of the attempt a handler runs.
+fn own(ctx: &JobContext) -> saga::Attempt {
+    saga::Attempt {
+        job_id: ctx.id,
+        attempt: ctx.attempt,
+    }
+}
+
 /// Moves the saga on to `step`: runs it here, in the caller's transaction, when it touches
-/// only our database (and so on for the local steps after it), and enqueues the job of the
-/// first step that calls a provider. When a local step fails, the local steps are rolled back
-/// (to a savepoint) and left to `step`'s own job, so retries and compensation take the usual
-/// path.
+/// only our database (and so on for the local steps after it), then enqueues the job of the
+/// first step that calls a provider and completes `own`'s job with the last local step's
+/// success: `Some(held)` (false: the attempt no longer holds its job, roll back). When a
+/// local step fails, the local steps are rolled back (to a savepoint) and left to `step`'s own
+/// job, so retries and compensation take the usual path; `None` then, as when `step` calls a
+/// provider: its job is enqueued and the caller settles `own`'s job.
 async fn advance(
     conn: &mut PgConnection,
     saga: &Saga,
     step: &'static str,
-) -> Result<(), sqlx::Error> {
+    own: saga::Attempt,
+) -> Result<Option<bool>, sqlx::Error> {
     if saga::is_local(step) {
         let mut local = sqlx::Connection::begin(&mut *conn).await?;
-        match run_local_steps(&mut local, saga, step).await {
-            Ok(()) => return local.commit().await,
+        match run_local_steps(&mut local, saga, step, own).await {
+            Ok(held) => {
+                local.commit().await?;
+                return Ok(Some(held));
+            }
             Err(error) => {
                 local.rollback().await?;
                 tracing::warn!(
@@ -219,24 +245,33 @@ async fn advance(
             }
         }
     }
-    saga::enqueue_step(conn, saga, step).await
+    saga::enqueue_step(conn, saga, step).await?;
+    Ok(None)
 }
 
-/// Runs `step` and the local steps after it; enqueues the job of the first one that is not local.
+/// Runs `step` and the local steps after it, then records their successes, enqueues the job of
+/// the first step that is not local and completes `own`'s job, in one statement. Returns
+/// whether `own` held its job.
 async fn run_local_steps(
     conn: &mut PgConnection,
     saga: &Saga,
     mut step: &'static str,
-) -> Result<(), StepError> {
-    while saga::is_local(step) {
-        saga::step_started(conn, saga.id, step).await?;
-        let output = perform_local(conn, step, saga).await?;
-        match saga::step_done(conn, saga, step, &output).await? {
-            Some(next) => step = next,
-            None => return Ok(()),
+    own: saga::Attempt,
+) -> Result<bool, StepError> {
+    let mut organization = None;
+    let mut done = Vec::new();
+    loop {
+        let output = perform_local(conn, step, saga, organization).await?;
+        organization = organization.or(output["organization_id"].as_i64());
+        done.push((step, output));
+        match saga::next_step(step) {
+            Some(next) if saga::is_local(next) => step = next,
+            _ => break,
         }
     }
-    Ok(saga::enqueue_step(conn, saga, step).await?)
+    // Their successes are recorded together, with the next step's job and `own`'s completion.
+    let done: Vec<(&str, &Value)> = done.iter().map(|(step, output)| (*step, output)).collect();
+    Ok(saga::steps_succeeded(conn, saga, &done, own).await?)
 }
 
 /// What an attempt does with its own job in the transaction that records its outcome.
@@ -247,6 +282,22 @@ enum Verdict<'a> {
     Retry,
     /// Discards it with this message (failed for good).
     Discard(&'a str),
+}
+
+/// Commits a transaction that already completed this attempt's own job (`held`), or rolls
+/// it back when the attempt no longer held it.
+async fn commit_settled(
+    tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    ctx: &JobContext,
+    held: bool,
+) -> Result<(), JobError> {
+    if !held {
+        tx.rollback().await.map_err(retry)?;
+        return Err(fenced_out(ctx));
+    }
+    tx.commit().await.map_err(retry)?;
+    ctx.settle();
+    Ok(())
 }
 
 /// Applies the verdict to this attempt's own job, fenced by its attempt, and commits; when
@@ -325,34 +376,40 @@ impl Action {
         }
     }
 
+    /// Acts; a step's attempt is counted when its outcome is recorded (no start mark: one
+    /// statement fewer, and an attempt that commits nothing counted nothing either way).
     async fn act(
         self,
         conn: &mut PgConnection,
         providers: &Providers,
         saga: &Saga,
-        first_try: bool,
+        attempt: Attempt<'_>,
     ) -> Result<Value, StepError> {
         match self {
-            Action::Step(step) => {
-                saga::step_started(conn, saga.id, step).await?;
-                perform(conn, providers, step, saga, first_try).await
-            }
+            Action::Step(step) => perform(conn, providers, step, saga, attempt).await,
             Action::Undo(step) => undo(conn, providers, step, saga).await,
         }
     }
 
+    /// Records success; `Some(held)` when this also completed the attempt's own job.
     async fn succeeded(
         self,
         conn: &mut PgConnection,
         saga: &Saga,
         output: &Value,
-    ) -> Result<(), sqlx::Error> {
+        own: saga::Attempt,
+    ) -> Result<Option<bool>, sqlx::Error> {
         match self {
-            Action::Step(step) => match saga::step_done(conn, saga, step, output).await? {
-                Some(next) => advance(conn, saga, next).await,
-                None => Ok(()),
-            },
-            Action::Undo(step) => saga::compensation_succeeded(conn, saga, step, output).await,
+            Action::Step(step) => {
+                match saga::step_attempt_succeeded(conn, saga, step, output, own).await? {
+                    saga::StepSucceeded::Settled { held } => Ok(Some(held)),
+                    saga::StepSucceeded::Local(next) => advance(conn, saga, next, own).await,
+                }
+            }
+            Action::Undo(step) => {
+                saga::compensation_succeeded(conn, saga, step, output).await?;
+                Ok(None)
+            }
         }
     }
 
@@ -375,8 +432,12 @@ impl Action {
         conn: &mut PgConnection,
         saga: &Saga,
         message: &str,
+        acted: bool,
     ) -> Result<(), sqlx::Error> {
         match self {
+            Action::Step(step) if acted => {
+                saga::step_attempt_failed_for_good(conn, saga, step, message).await
+            }
             Action::Step(step) => saga::step_failed(conn, saga, step, message).await,
             Action::Undo(step) => saga::compensation_failed(conn, saga, step, message).await,
         }
@@ -402,12 +463,12 @@ async fn run_action(
         return Err(JobError::permanent(format!("no onboarding {id}")));
     };
     // Under the saga's lock: an attempt that lost its job does not act at all.
-    if !jobs::holds(&mut tx, ctx.id, ctx.attempt)
+    let Some(previous) = saga::attempt_holds(&mut tx, id, step, own(&ctx))
         .await
         .map_err(retry)?
-    {
+    else {
         return Err(fenced_out(&ctx));
-    }
+    };
     if saga.run != target.run || saga.state != action.phase() {
         // Cancelled, compensating, ended or restarted since this job was enqueued.
         if saga.run == target.run {
@@ -415,21 +476,26 @@ async fn run_action(
         }
         return commit_held(tx, &ctx, Verdict::Complete).await;
     }
-    let result = if ctx.attempt >= ctx.max_attempts {
-        Err(give_up(step, &ctx))
+    let acted = ctx.attempt < ctx.max_attempts;
+    let result = if acted {
+        let attempt = Attempt {
+            // The first attempt of a run's step job: no attempt before it can have reached a provider.
+            first_try: ctx.attempt == 1 && saga.run == 1,
+            previous: &previous,
+        };
+        action.act(&mut tx, &providers, &saga, attempt).await
     } else {
-        // The first attempt of a run's step job: no attempt before it can have reached a provider.
-        let first_try = ctx.attempt == 1 && saga.run == 1;
-        action.act(&mut tx, &providers, &saga, first_try).await
+        Err(give_up(step, &ctx))
     };
     match result {
-        Ok(output) => {
-            action
-                .succeeded(&mut tx, &saga, &output)
-                .await
-                .map_err(retry)?;
-            commit_held(tx, &ctx, Verdict::Complete).await
-        }
+        Ok(output) => match action
+            .succeeded(&mut tx, &saga, &output, own(&ctx))
+            .await
+            .map_err(retry)?
+        {
+            Some(held) => commit_settled(tx, &ctx, held).await,
+            None => commit_held(tx, &ctx, Verdict::Complete).await,
+        },
         Err(StepError::Retry(message, after)) if ctx.attempt < ctx.max_attempts - 1 => {
             tracing::warn!(onboarding = id, ?action, %message, "attempt failed; retrying");
             action
@@ -442,7 +508,7 @@ async fn run_action(
         Err(StepError::Retry(message, _) | StepError::Permanent(message)) => {
             tracing::error!(onboarding = id, ?action, %message, "failed for good");
             action
-                .failed(&mut tx, &saga, &message)
+                .failed(&mut tx, &saga, &message, acted)
                 .await
                 .map_err(retry)?;
             commit_held(tx, &ctx, Verdict::Discard(&message)).await?;
@@ -462,30 +528,46 @@ async fn reconcile(pool: PgPool, ctx: JobContext) -> Result<(), JobError> {
     Ok(())
 }
 
+/// What a step's attempt knows before it acts.
+#[derive(Debug, Clone, Copy)]
+struct Attempt<'a> {
+    /// The first attempt of the saga's first run: no attempt before it can have reached a provider.
+    first_try: bool,
+    /// The step's stored output (`{}` when none).
+    previous: &'a Value,
+}
+
 async fn perform(
     conn: &mut PgConnection,
     providers: &Providers,
     step: &str,
     saga: &Saga,
-    first_try: bool,
+    attempt: Attempt<'_>,
 ) -> Result<Value, StepError> {
     match step {
-        "twilio_subaccount" => twilio_subaccount(conn, &providers.twilio, saga, first_try).await,
-        "welcome_email" => welcome_email(conn, providers, saga).await,
-        local => perform_local(conn, local, saga).await,
+        "twilio_subaccount" => {
+            twilio_subaccount(conn, &providers.twilio, saga, attempt.first_try).await
+        }
+        "welcome_email" => welcome_email(conn, providers, saga, attempt.previous).await,
+        local => perform_local(conn, local, saga, None).await,
     }
 }
 
-/// Performs a step that touches only our database ([`saga::LOCAL_STEPS`]).
+/// Performs a step that touches only our database ([`saga::LOCAL_STEPS`]); `organization` is
+/// the organization's id when a step before it in this transaction already read it.
 async fn perform_local(
     conn: &mut PgConnection,
     step: &str,
     saga: &Saga,
+    organization: Option<i64>,
 ) -> Result<Value, StepError> {
     match step {
         "create_org_record" => create_org_record(conn, saga).await,
         "default_permissions" => {
-            let org = organization_id(conn, saga).await?;
+            let org = match organization {
+                Some(org) => org,
+                None => organization_id(conn, saga).await?,
+            };
             let grants = onboarding::permissions::grant_defaults(conn, org).await?;
             Ok(json!({ "organization_id": org, "grants": grants }))
         }
@@ -510,16 +592,27 @@ async fn create_org_record(conn: &mut PgConnection, saga: &Saga) -> Result<Value
         updated_at_ms: 0,
     };
     onboarding::directory::upsert_organization(conn, &org).await?;
-    let id = organization_id(conn, saga).await?;
-    sqlx::query(
-        "update onboard.organization set onboarding_status = 'pending', updated_at = now()
-          where id = $1 and onboarding_status in ('pending', 'failed')",
-    )
-    .bind(id)
-    .execute(&mut *conn)
-    .await?;
+    let id: Option<i64> = sqlx::query_scalar(MARK_PENDING)
+        .bind(&saga.clerk_org_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let id = id.ok_or_else(|| {
+        StepError::Permanent(format!("organization {} has no record", saga.clerk_org_id))
+    })?;
     Ok(json!({ "organization_id": id }))
 }
+
+/// Marks the organization `pending` unless it is past that (`active`, `deleted`) and returns
+/// its id either way (none without a record), in one statement.
+const MARK_PENDING: &str = "
+with marked as (
+    update onboard.organization set onboarding_status = 'pending', updated_at = now()
+     where clerk_org_id = $1 and onboarding_status in ('pending', 'failed')
+    returning id
+)
+select id from marked
+union all
+select id from onboard.organization where clerk_org_id = $1 and not exists (select 1 from marked)";
 
 async fn organization_id(conn: &mut PgConnection, saga: &Saga) -> Result<i64, StepError> {
     onboarding::directory::organization_id(conn, &saga.clerk_org_id)
@@ -605,10 +698,10 @@ async fn welcome_email(
     conn: &mut PgConnection,
     providers: &Providers,
     saga: &Saga,
+    previous: &Value,
 ) -> Result<Value, StepError> {
-    let previous = saga::step_output(conn, saga.id, "welcome_email").await?;
     if previous.get("sent_at").is_some() {
-        return Ok(previous);
+        return Ok(previous.clone());
     }
     let creator = &saga.request["creator"];
     let user_id = text(&creator["user_id"]);

@@ -11,6 +11,7 @@
 
 mod operator;
 mod reconcile;
+mod succeed;
 
 pub use operator::{
     JobCancelled, SagaActions, SagaError, StepJobActions, cancel, cancel_now, cancel_step_job,
@@ -19,6 +20,9 @@ pub use operator::{
 };
 pub use reconcile::{
     RECONCILE_EVERY, RECONCILE_KIND, Reconciled, reconcile, reconcile_job, stranded,
+};
+pub use succeed::{
+    Attempt, StepSucceeded, attempt_holds, next_step, step_attempt_succeeded, steps_succeeded,
 };
 
 use serde_json::{Value, json};
@@ -145,10 +149,23 @@ pub(crate) async fn set_step(
     error: Option<&str>,
     output: Option<&Value>,
 ) -> Result<(), sqlx::Error> {
+    write_step(conn, id, step, state, error, output, 0).await
+}
+
+/// [`set_step`], also adding `attempts` to the step's attempt count.
+async fn write_step(
+    conn: &mut PgConnection,
+    id: i64,
+    step: &str,
+    state: &str,
+    error: Option<&str>,
+    output: Option<&Value>,
+    attempts: i32,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "update onboard.onboarding_step
             set state = $3, last_error = coalesce($4, last_error),
-                output = coalesce($5, output), updated_at = now()
+                output = coalesce($5, output), attempts = attempts + $6, updated_at = now()
           where onboarding_id = $1 and name = $2",
     )
     .bind(id)
@@ -156,6 +173,7 @@ pub(crate) async fn set_step(
     .bind(state)
     .bind(error)
     .bind(output.map(sqlx::types::Json))
+    .bind(attempts)
     .execute(conn)
     .await?;
     Ok(())
@@ -187,14 +205,15 @@ pub async fn step_started(conn: &mut PgConnection, id: i64, step: &str) -> Resul
     Ok(())
 }
 
-/// Records an attempt's error while the step will be retried.
+/// Records an attempt's error while the step will be retried, counting the attempt (the driver
+/// marks no start of its own: the count commits with the attempt's outcome or not at all).
 pub async fn step_attempt_failed(
     conn: &mut PgConnection,
     id: i64,
     step: &str,
     error: &str,
 ) -> Result<(), sqlx::Error> {
-    set_step(conn, id, step, "running", Some(error), None).await
+    write_step(conn, id, step, "running", Some(error), None, 1).await
 }
 
 /// Marks a step skipped (its saga stopped running before it ran).
@@ -383,7 +402,27 @@ pub async fn step_failed(
     step: &str,
     error: &str,
 ) -> Result<(), sqlx::Error> {
-    set_step(conn, saga.id, step, "failed", Some(error), None).await?;
+    fail_step(conn, saga, step, error, 0).await
+}
+
+/// [`step_failed`] for an attempt that ran: the attempt is counted too.
+pub async fn step_attempt_failed_for_good(
+    conn: &mut PgConnection,
+    saga: &Saga,
+    step: &str,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    fail_step(conn, saga, step, error, 1).await
+}
+
+async fn fail_step(
+    conn: &mut PgConnection,
+    saga: &Saga,
+    step: &str,
+    error: &str,
+    attempts: i32,
+) -> Result<(), sqlx::Error> {
+    write_step(conn, saga.id, step, "failed", Some(error), None, attempts).await?;
     if past_point_of_no_return(step) {
         finish(conn, saga.id, "completed_with_errors").await
     } else {
@@ -515,18 +554,19 @@ pub(crate) async fn finish(
         .execute(&mut *conn)
         .await?;
     }
-    enqueue(
-        conn,
-        &NewJob::new(
-            SYNC_METADATA_KIND,
-            json!({ "onboarding_id": id, "state": state }),
-        )
-        .queue(QUEUE)
-        .max_attempts(STEP_JOB_MAX_ATTEMPTS)
-        .unique_key(format!("onboarding:{id}:sync:{state}")),
-    )
-    .await?;
+    enqueue(conn, &sync_job(id, state)).await?;
     Ok(())
+}
+
+/// The job that merges the saga's end state `state` into Clerk's metadata.
+fn sync_job(id: i64, state: &str) -> NewJob {
+    NewJob::new(
+        SYNC_METADATA_KIND,
+        json!({ "onboarding_id": id, "state": state }),
+    )
+    .queue(QUEUE)
+    .max_attempts(STEP_JOB_MAX_ATTEMPTS)
+    .unique_key(format!("onboarding:{id}:sync:{state}"))
 }
 
 #[cfg(test)]

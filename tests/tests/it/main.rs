@@ -14,4 +14,5 @@ mod platform;
 mod privacy;
 mod retention;
 mod saga;
+mod saga_succeed;
 mod send;

@@ -211,6 +211,9 @@ async fn flaky_twilio_completes_with_exactly_one_created_subaccount() {
         2
     );
     assert_eq!(active_subaccounts(&stack, org).await, 1);
+    // Each attempt that ran is counted, the two that failed as well as the one that succeeded.
+    let twilio = steps(&stack, org).await[2].clone();
+    assert_eq!((twilio.1.as_str(), twilio.2), ("done", 3), "{twilio:?}");
     stack.stop().await;
 }
 

@@ -55,6 +55,8 @@ async fn apply(
         )));
     }
     tx.commit().await.map_err(JobError::retry)?;
+    // Completed in that transaction: the runtime need not write the outcome again.
+    ctx.settle();
     tracing::debug!(kind = %job.kind, inbox_id = args.inbox_id, svix_id = ?args.svix_id, "clerk event applied");
     Ok(())
 }

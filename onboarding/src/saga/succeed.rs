@@ -1,0 +1,191 @@
+//! A step attempt's success in one statement: the step `done` with its output and the attempt
+//! counted, what follows it (the next step's job, or the saga's end and its metadata job), and
+//! the fenced completion of the attempt's own job. The same writes as [`super::step_done`],
+//! [`super::enqueue_step`] or [`super::finish`] and `jobs::complete`, one round trip instead of
+//! four to seven.
+
+use serde_json::Value;
+use sqlx::PgConnection;
+
+use super::{Saga, is_local, step_job, sync_job};
+use crate::start::STEPS;
+use jobs::{NewJob, enqueue};
+
+/// The attempt of a job that is running a saga step (its fence).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    /// The job's id.
+    pub job_id: i64,
+    /// The attempt that runs it.
+    pub attempt: i32,
+}
+
+/// What [`step_attempt_succeeded`] left to its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepSucceeded {
+    /// Recorded with what follows and the attempt's job completed; `held` is false when the
+    /// attempt no longer holds its job (nothing was completed: the caller rolls back).
+    Settled {
+        /// The attempt still held its job.
+        held: bool,
+    },
+    /// Recorded; the next step touches only our database: the caller runs it or enqueues its
+    /// job, and settles the attempt's job itself.
+    Local(&'static str),
+}
+
+/// The step `done`, its attempt counted (the driver marks no start of its own).
+/// $1 saga, $2 step, $3 output.
+const DONE: &str = "
+update onboard.onboarding_step
+   set state = 'done', attempts = attempts + 1, output = $3, updated_at = now()
+ where onboarding_id = $1 and name = $2";
+
+/// [`DONE`] for several steps: $2 their names, $3 their outputs.
+const DONE_MANY: &str = "
+    update onboard.onboarding_step s
+       set state = 'done', attempts = s.attempts + 1, output = d.output, updated_at = now()
+      from unnest($2::text[], $3::jsonb[]) as d(name, output)
+     where s.onboarding_id = $1 and s.name = d.name";
+
+/// The job insert of `jobs::enqueue` (a duplicate unique key inserts nothing), as a CTE.
+/// $4 kind, $5 queue, $6 args, $7 priority, $8 run_at, $9 max attempts, $10 unique key,
+/// $11 unique completed.
+const INSERT_JOB: &str = "
+    insert into onboard.job (kind, queue, args, priority, run_at, max_attempts, unique_key, unique_completed, state)
+    values ($4, $5, $6, $7, coalesce($8, now()), $9, $10, $11,
+            case when $8 > now() then 'scheduled' else 'available' end::onboard.job_state)
+    on conflict (unique_key) where unique_key is not null
+        and (state in ('available', 'scheduled', 'running', 'retryable')
+             or (unique_completed and state = 'completed'))
+    do nothing
+    returning id";
+
+/// `jobs::complete`, as a CTE. $12 job, $13 attempt.
+const COMPLETE_OWN: &str = "
+    update onboard.job
+       set state = 'completed', finalized_at = now(), lease_owner = null, lease_expires_at = null
+     where id = $12 and attempt = $13 and state = 'running'
+    returning id";
+
+/// Step done, next step's job, own job completed.
+fn done_next_sql() -> String {
+    format!(
+        "with step as ({DONE_MANY}), next_job as ({INSERT_JOB}), own as ({COMPLETE_OWN})
+         select exists (select 1 from next_job), exists (select 1 from own)"
+    )
+}
+
+/// Step done, saga `completed` (its organization `active` unless deleted; $14 its Clerk id),
+/// the metadata job, own job completed: [`super::finish`]'s writes.
+fn done_finish_sql() -> String {
+    format!(
+        "with step as ({DONE_MANY}),
+              saga as (update onboard.onboarding set state = 'completed', updated_at = now() where id = $1),
+              org as (update onboard.organization set onboarding_status = 'active', updated_at = now()
+                       where clerk_org_id = $14 and onboarding_status <> 'deleted'),
+              next_job as ({INSERT_JOB}), own as ({COMPLETE_OWN})
+         select exists (select 1 from next_job), exists (select 1 from own)"
+    )
+}
+
+static DONE_NEXT: std::sync::LazyLock<String> = std::sync::LazyLock::new(done_next_sql);
+static DONE_FINISH: std::sync::LazyLock<String> = std::sync::LazyLock::new(done_finish_sql);
+
+/// A step's attempt succeeded: records it `done` with its output (the attempt counted), then
+/// enqueues the next step's job, or ends the saga `completed` after the last step, and
+/// completes `own`'s job fenced by its attempt — in one statement. When the next step touches
+/// only our database, only the step is recorded ([`StepSucceeded::Local`]).
+pub async fn step_attempt_succeeded(
+    conn: &mut PgConnection,
+    saga: &Saga,
+    step: &str,
+    output: &Value,
+    own: Attempt,
+) -> Result<StepSucceeded, sqlx::Error> {
+    if let Some(next) = next_step(step).filter(|n| is_local(n)) {
+        sqlx::query(DONE)
+            .bind(saga.id)
+            .bind(step)
+            .bind(sqlx::types::Json(output))
+            .execute(&mut *conn)
+            .await?;
+        return Ok(StepSucceeded::Local(next));
+    }
+    let held = steps_succeeded(conn, saga, &[(step, output)], own).await?;
+    Ok(StepSucceeded::Settled { held })
+}
+
+/// The step after `step`, if any.
+pub fn next_step(step: &str) -> Option<&'static str> {
+    let position = STEPS.iter().position(|s| *s == step).unwrap_or(STEPS.len());
+    STEPS.get(position + 1).copied()
+}
+
+/// Consecutive steps' attempts that succeeded in one transaction (the local steps the worker
+/// runs together), the last of them followed by a step that calls a provider or by the saga's
+/// end: records each `done` with its output and its attempt counted, then what follows the
+/// last, and completes `own`'s job, in one statement — [`step_attempt_succeeded`] for each.
+/// Returns whether `own` still held its job (false: nothing was completed, roll back).
+pub async fn steps_succeeded(
+    conn: &mut PgConnection,
+    saga: &Saga,
+    done: &[(&str, &Value)],
+    own: Attempt,
+) -> Result<bool, sqlx::Error> {
+    let Some((last, _)) = done.last() else {
+        return jobs::complete(conn, own.job_id, own.attempt).await;
+    };
+    let (sql, job): (&'static str, NewJob) = match next_step(last) {
+        Some(next) => (DONE_NEXT.as_str(), step_job(saga, next)),
+        None => (DONE_FINISH.as_str(), sync_job(saga.id, "completed")),
+    };
+    let names: Vec<&str> = done.iter().map(|(name, _)| *name).collect();
+    let outputs: Vec<sqlx::types::Json<&Value>> = done
+        .iter()
+        .map(|(_, output)| sqlx::types::Json(*output))
+        .collect();
+    let (inserted, held): (bool, bool) = sqlx::query_as(sql)
+        .bind(saga.id)
+        .bind(&names)
+        .bind(&outputs)
+        .bind(&job.kind)
+        .bind(&job.queue)
+        .bind(sqlx::types::Json(&job.args))
+        .bind(job.priority)
+        .bind(job.run_at)
+        .bind(job.max_attempts)
+        .bind(&job.unique_key)
+        .bind(job.unique_completed)
+        .bind(own.job_id)
+        .bind(own.attempt)
+        .bind(&saga.clerk_org_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    if held && !inserted {
+        // A live job held the key: `enqueue` finds it (or inserts once it has finished).
+        enqueue(conn, &job).await?;
+    }
+    Ok(held)
+}
+
+/// Under the saga's lock: whether `own` still holds its job, and, when it does, the step's
+/// stored output (`{}` when none), in one statement.
+pub async fn attempt_holds(
+    conn: &mut PgConnection,
+    saga_id: i64,
+    step: &str,
+    own: Attempt,
+) -> Result<Option<Value>, sqlx::Error> {
+    let (held, output): (bool, Option<sqlx::types::Json<Value>>) = sqlx::query_as(
+        "select exists (select 1 from onboard.job where id = $1 and attempt = $2 and state = 'running'),
+                (select output from onboard.onboarding_step where onboarding_id = $3 and name = $4)",
+    )
+    .bind(own.job_id)
+    .bind(own.attempt)
+    .bind(saga_id)
+    .bind(step)
+    .fetch_one(conn)
+    .await?;
+    Ok(held.then(|| output.map_or(serde_json::json!({}), |o| o.0)))
+}
