@@ -26,13 +26,10 @@ use std::time::Duration;
 
 use onboarding::inbox::{self, OwnedEntry, ReceiveError, Received};
 use sqlx::{PgConnection, PgPool};
-use tokio::sync::{Mutex, OwnedMutexGuard, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 /// Deliveries per statement at most.
 pub const MAX_BATCH: usize = 64;
-/// Writes in flight at most, each on a connection of its own: while one batch waits for its
-/// commit's flush, the next one executes.
-pub const IN_FLIGHT: usize = 2;
 /// Deliveries waiting for a batch at most; more are refused (`503`).
 pub const QUEUE_CAPACITY: usize = 2048;
 
@@ -81,10 +78,9 @@ pub struct InboxWriter {
 /// What the requests and the collector share.
 #[derive(Debug)]
 struct Flow {
-    /// One permit per write in flight (a batch, or a delivery its own request writes).
-    slots: Arc<Semaphore>,
-    /// The writer's connections, one per slot: a write holding a slot finds one unlocked.
-    links: Vec<Arc<Mutex<Link>>>,
+    /// The writer's connection, locked by the one write in flight (a batch, or a delivery its
+    /// own request writes).
+    link: Arc<Mutex<Link>>,
     /// The last write carried one delivery: concurrency is low, the direct path is open.
     low: AtomicBool,
     written_alone: AtomicU64,
@@ -115,24 +111,14 @@ impl InboxWriter {
     /// Starts the collector on `pool` with a queue of [`QUEUE_CAPACITY`]; it ends when every
     /// handle is dropped.
     pub fn spawn(pool: PgPool) -> Self {
-        Self::spawn_with(pool, QUEUE_CAPACITY, IN_FLIGHT)
+        Self::spawn_with_capacity(pool, QUEUE_CAPACITY)
     }
 
-    /// [`InboxWriter::spawn`] with a queue of `capacity` deliveries and `in_flight` writes at
-    /// once (each at least 1).
-    pub fn spawn_with(pool: PgPool, capacity: usize, in_flight: usize) -> Self {
-        let in_flight = in_flight.max(1);
+    /// [`InboxWriter::spawn`] with a queue of `capacity` deliveries (at least 1).
+    pub fn spawn_with_capacity(pool: PgPool, capacity: usize) -> Self {
         let (queue, waiting) = mpsc::channel(capacity.max(1));
         let flow = Arc::new(Flow {
-            slots: Arc::new(Semaphore::new(in_flight)),
-            links: (0..in_flight)
-                .map(|_| {
-                    Arc::new(Mutex::new(Link {
-                        pool: pool.clone(),
-                        conn: None,
-                    }))
-                })
-                .collect(),
+            link: Arc::new(Mutex::new(Link { pool, conn: None })),
             low: AtomicBool::new(true),
             written_alone: AtomicU64::new(0),
             batches: AtomicU64::new(0),
@@ -165,7 +151,7 @@ impl InboxWriter {
     ) -> Result<Received, WriteError> {
         if self.flow.low.load(Ordering::Relaxed)
             && self.queued() == 0
-            && let Some((mut link, _slot)) = self.flow.free_link()
+            && let Ok(mut link) = self.flow.link.try_lock()
         {
             let result = link.store_one(&entry).await;
             self.flow.written_alone.fetch_add(1, Ordering::Relaxed);
@@ -214,33 +200,9 @@ impl Drop for Abandon {
     }
 }
 
-impl Flow {
-    /// A slot and its connection, if one is free now.
-    fn free_link(&self) -> Option<(OwnedMutexGuard<Link>, OwnedSemaphorePermit)> {
-        let slot = self.slots.clone().try_acquire_owned().ok()?;
-        Some((self.unlocked_link()?, slot))
-    }
-
-    /// An unlocked connection: a slot's holder always finds one (a connection per slot, and
-    /// only slot holders lock them).
-    fn unlocked_link(&self) -> Option<OwnedMutexGuard<Link>> {
-        self.links
-            .iter()
-            .find_map(|link| link.clone().try_lock_owned().ok())
-    }
-}
-
 async fn collect(mut waiting: mpsc::Receiver<Pending>, flow: Arc<Flow>) {
     while let Some(first) = waiting.recv().await {
-        let Ok(slot) = flow.slots.clone().acquire_owned().await else {
-            return;
-        };
-        let mut link = loop {
-            match flow.unlocked_link() {
-                Some(link) => break link,
-                None => tokio::task::yield_now().await,
-            }
-        };
+        let mut link = flow.link.lock().await;
         // Everything that arrived while we waited for the connection joins this batch;
         // deliveries whose request gave up are dropped here, unwritten.
         let mut batch = Vec::new();
@@ -261,10 +223,7 @@ async fn collect(mut waiting: mpsc::Receiver<Pending>, flow: Arc<Flow>) {
         flow.batches.fetch_add(1, Ordering::Relaxed);
         flow.batched
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        tokio::spawn(async move {
-            link.write(batch).await;
-            drop(slot);
-        });
+        link.write(batch).await;
     }
 }
 
