@@ -14,15 +14,47 @@ pub struct Enqueued {
     pub duplicate: bool,
 }
 
-const INSERT: &str = "
-insert into onboard.job (kind, queue, args, priority, run_at, max_attempts, unique_key, unique_completed, state)
-values ($1, $2, $3, $4, coalesce($5, now()), $6, $7, $8,
-        case when $5 > now() then 'scheduled' else 'available' end::onboard.job_state)
+/// [`enqueue`]'s insert, its eight parameters numbered from `$first` (kind, queue, args,
+/// priority, run_at, max_attempts, unique_key, unique_completed), for a statement that enqueues
+/// in one of its data-modifying CTEs. A taken unique key inserts nothing; `returning id`.
+pub fn insert_sql(first: usize) -> String {
+    let [
+        kind,
+        queue,
+        args,
+        priority,
+        run_at,
+        max_attempts,
+        unique_key,
+        unique_completed,
+    ] = std::array::from_fn(|n| format!("${}", first + n));
+    format!(
+        "insert into onboard.job (kind, queue, args, priority, run_at, max_attempts, unique_key, unique_completed, state)
+values ({kind}, {queue}, {args}, {priority}, coalesce({run_at}, now()), {max_attempts}, {unique_key}, {unique_completed},
+        case when {run_at} > now() then 'scheduled' else 'available' end::onboard.job_state)
 on conflict (unique_key) where unique_key is not null
     and (state in ('available', 'scheduled', 'running', 'retryable')
          or (unique_completed and state = 'completed'))
 do nothing
-returning id";
+returning id"
+    )
+}
+
+static INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| insert_sql(1));
+
+/// [`complete`]'s update, its two parameters (job id, attempt) numbered from `$first`, for a
+/// statement that completes its job in one of its CTEs; `returning id` (no row: not held).
+pub fn complete_sql(first: usize) -> String {
+    let (id, attempt) = (first, first + 1);
+    format!(
+        "update onboard.job
+    set state = 'completed', finalized_at = now(), lease_owner = null, lease_expires_at = null
+  where id = ${id} and attempt = ${attempt} and state = 'running'
+returning id"
+    )
+}
+
+static COMPLETE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| complete_sql(1));
 
 const FIND_UNIQUE: &str = "
 select id from onboard.job
@@ -35,7 +67,7 @@ select id from onboard.job
 /// A duplicate unique key returns the existing job's id and leaves the transaction usable.
 pub async fn enqueue(conn: &mut PgConnection, job: &NewJob) -> Result<Enqueued, sqlx::Error> {
     loop {
-        let inserted: Option<i64> = sqlx::query_scalar(INSERT)
+        let inserted: Option<i64> = sqlx::query_scalar(INSERT.as_str())
             .bind(&job.kind)
             .bind(&job.queue)
             .bind(sqlx::types::Json(&job.args))
@@ -127,15 +159,11 @@ pub async fn enqueue_many(
 /// false (and changes nothing) when the attempt no longer holds the job. The runtime's own
 /// acknowledgement of that attempt is then a no-op.
 pub async fn complete(conn: &mut PgConnection, id: i64, attempt: i32) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "update onboard.job
-            set state = 'completed', finalized_at = now(), lease_owner = null, lease_expires_at = null
-          where id = $1 and attempt = $2 and state = 'running'",
-    )
-    .bind(id)
-    .bind(attempt)
-    .execute(conn)
-    .await?;
+    let done = sqlx::query(COMPLETE.as_str())
+        .bind(id)
+        .bind(attempt)
+        .execute(conn)
+        .await?;
     Ok(done.rows_affected() == 1)
 }
 

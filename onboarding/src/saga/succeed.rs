@@ -48,44 +48,30 @@ const DONE_MANY: &str = "
       from unnest($2::text[], $3::jsonb[]) as d(name, output)
      where s.onboarding_id = $1 and s.name = d.name";
 
-/// The job insert of `jobs::enqueue` (a duplicate unique key inserts nothing), as a CTE.
-/// $4 kind, $5 queue, $6 args, $7 priority, $8 run_at, $9 max attempts, $10 unique key,
-/// $11 unique completed.
-const INSERT_JOB: &str = "
-    insert into onboard.job (kind, queue, args, priority, run_at, max_attempts, unique_key, unique_completed, state)
-    values ($4, $5, $6, $7, coalesce($8, now()), $9, $10, $11,
-            case when $8 > now() then 'scheduled' else 'available' end::onboard.job_state)
-    on conflict (unique_key) where unique_key is not null
-        and (state in ('available', 'scheduled', 'running', 'retryable')
-             or (unique_completed and state = 'completed'))
-    do nothing
-    returning id";
-
-/// `jobs::complete`, as a CTE. $12 job, $13 attempt.
-const COMPLETE_OWN: &str = "
-    update onboard.job
-       set state = 'completed', finalized_at = now(), lease_owner = null, lease_expires_at = null
-     where id = $12 and attempt = $13 and state = 'running'
-    returning id";
-
-/// Step done, next step's job, own job completed.
+/// Step done, next step's job ($4–$11: `jobs::enqueue`'s insert), own job completed ($12 job,
+/// $13 attempt: `jobs::complete`'s update).
 fn done_next_sql() -> String {
     format!(
-        "with step as ({DONE_MANY}), next_job as ({INSERT_JOB}), own as ({COMPLETE_OWN})
-         select exists (select 1 from next_job), exists (select 1 from own)"
+        "with step as ({DONE_MANY}), next_job as ({insert}), own as ({complete})
+         select exists (select 1 from next_job), exists (select 1 from own)",
+        insert = jobs::enqueue::insert_sql(4),
+        complete = jobs::enqueue::complete_sql(12),
     )
 }
 
 /// Step done, saga `completed` (its organization `active` unless deleted; $14 its Clerk id),
-/// the metadata job, own job completed: [`super::finish`]'s writes.
+/// the metadata job, own job completed: [`super::finish`]'s writes. Parameters as
+/// [`done_next_sql`]'s.
 fn done_finish_sql() -> String {
     format!(
         "with step as ({DONE_MANY}),
               saga as (update onboard.onboarding set state = 'completed', updated_at = now() where id = $1),
               org as (update onboard.organization set onboarding_status = 'active', updated_at = now()
                        where clerk_org_id = $14 and onboarding_status <> 'deleted'),
-              next_job as ({INSERT_JOB}), own as ({COMPLETE_OWN})
-         select exists (select 1 from next_job), exists (select 1 from own)"
+              next_job as ({insert}), own as ({complete})
+         select exists (select 1 from next_job), exists (select 1 from own)",
+        insert = jobs::enqueue::insert_sql(4),
+        complete = jobs::enqueue::complete_sql(12),
     )
 }
 
