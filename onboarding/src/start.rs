@@ -37,12 +37,11 @@ pub struct Started {
     pub created: bool,
 }
 
-/// Inserts the saga (with the inbox row that asked for it, if any), its step rows and, unless
-/// the caller runs the first steps itself, the first step's job, in one statement; no row when
-/// the organization already has a saga.
-/// Parameters: $1 org id, $2 source, $3 request json, $4 step names, $5 first job kind,
-/// $6 queue, $7 max attempts, $8 first step, $9 inbox id (nullable), $10 enqueue the first job.
-const START: &str = "
+/// The saga's row and its steps' rows (the CTEs both start statements share), then `$tail`.
+macro_rules! start_sql {
+    ($tail:literal) => {
+        concat!(
+            "
 with saga as (
     insert into onboard.onboarding (clerk_org_id, source, request, inbox_id)
     values ($1, $2, $3::jsonb, $9::bigint)
@@ -53,7 +52,19 @@ saga_steps as (
     insert into onboard.onboarding_step (onboarding_id, name, position)
     select saga.id, step.name, step.position
       from saga cross join unnest($4::text[]) with ordinality as step(name, position)
-),
+)",
+            $tail
+        )
+    };
+}
+
+/// Inserts the saga (with the inbox row that asked for it, if any), its step rows and, unless
+/// the caller runs the first steps itself, the first step's job, in one statement; no row when
+/// the organization already has a saga.
+/// Parameters: $1 org id, $2 source, $3 request json, $4 step names, $5 first job kind,
+/// $6 queue, $7 max attempts, $8 first step, $9 inbox id (nullable), $10 enqueue the first job.
+const START: &str = start_sql!(
+    ",
 first_job as (
     insert into onboard.job (kind, queue, args, max_attempts, unique_key)
     select $5, $6, jsonb_build_object('onboarding_id', saga.id, 'run', 1), $7,
@@ -62,23 +73,12 @@ first_job as (
      where $10::bool
     returning id
 )
-select saga.id, (select id from first_job) from saga";
+select saga.id, (select id from first_job) from saga"
+);
 
 /// [`START`] for a caller that runs the first steps itself: no job insert (whose statement
 /// trigger would fire for nothing). Same parameters; $5–$8 and $10 are unused.
-const START_FOR_CALLER: &str = "
-with saga as (
-    insert into onboard.onboarding (clerk_org_id, source, request, inbox_id)
-    values ($1, $2, $3::jsonb, $9::bigint)
-    on conflict (clerk_org_id) do nothing
-    returning id
-),
-saga_steps as (
-    insert into onboard.onboarding_step (onboarding_id, name, position)
-    select saga.id, step.name, step.position
-      from saga cross join unnest($4::text[]) with ordinality as step(name, position)
-)
-select saga.id, null::bigint from saga";
+const START_FOR_CALLER: &str = start_sql!("\nselect saga.id, null::bigint from saga");
 
 const FIND_ID: &str = "select id from onboard.onboarding where clerk_org_id = $1";
 
