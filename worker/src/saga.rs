@@ -383,7 +383,7 @@ impl Action {
         conn: &mut PgConnection,
         providers: &Providers,
         saga: &Saga,
-        attempt: Attempt<'_>,
+        attempt: StepAttempt<'_>,
     ) -> Result<Value, StepError> {
         match self {
             Action::Step(step) => perform(conn, providers, step, saga, attempt).await,
@@ -478,7 +478,7 @@ async fn run_action(
     }
     let acted = ctx.attempt < ctx.max_attempts;
     let result = if acted {
-        let attempt = Attempt {
+        let attempt = StepAttempt {
             // The first attempt of a run's step job: no attempt before it can have reached a provider.
             first_try: ctx.attempt == 1 && saga.run == 1,
             previous: &previous,
@@ -530,7 +530,7 @@ async fn reconcile(pool: PgPool, ctx: JobContext) -> Result<(), JobError> {
 
 /// What a step's attempt knows before it acts.
 #[derive(Debug, Clone, Copy)]
-struct Attempt<'a> {
+struct StepAttempt<'a> {
     /// The first attempt of the saga's first run: no attempt before it can have reached a provider.
     first_try: bool,
     /// The step's stored output (`{}` when none).
@@ -542,7 +542,7 @@ async fn perform(
     providers: &Providers,
     step: &str,
     saga: &Saga,
-    attempt: Attempt<'_>,
+    attempt: StepAttempt<'_>,
 ) -> Result<Value, StepError> {
     match step {
         "twilio_subaccount" => {

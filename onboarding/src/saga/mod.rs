@@ -192,19 +192,6 @@ pub(crate) async fn set_saga(
     Ok(())
 }
 
-/// Marks an attempt of `step` as started.
-pub async fn step_started(conn: &mut PgConnection, id: i64, step: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "update onboard.onboarding_step set state = 'running', attempts = attempts + 1, updated_at = now()
-          where onboarding_id = $1 and name = $2",
-    )
-    .bind(id)
-    .bind(step)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// Records an attempt's error while the step will be retried, counting the attempt (the driver
 /// marks no start of its own: the count commits with the attempt's outcome or not at all).
 pub async fn step_attempt_failed(
@@ -350,37 +337,18 @@ pub fn is_local(step: &str) -> bool {
     LOCAL_STEPS.contains(&step)
 }
 
-/// A step succeeded: stores its output and enqueues the next step, or ends the saga
-/// `completed` after the last one.
+/// A step succeeded (outside the worker's driver, which uses [`steps_succeeded`]): stores its
+/// output and enqueues the next step, or ends the saga `completed` after the last one.
 pub async fn step_succeeded(
     conn: &mut PgConnection,
     saga: &Saga,
     step: &str,
     output: &Value,
 ) -> Result<(), sqlx::Error> {
-    if let Some(next) = step_done(conn, saga, step, output).await? {
-        enqueue_step(conn, saga, next).await?;
-    }
-    Ok(())
-}
-
-/// A step succeeded: stores its output and returns the next step, whose job the caller
-/// enqueues ([`enqueue_step`]) or which it runs itself in this transaction; after the last
-/// step the saga ends `completed` and this returns `None`.
-pub async fn step_done(
-    conn: &mut PgConnection,
-    saga: &Saga,
-    step: &str,
-    output: &Value,
-) -> Result<Option<&'static str>, sqlx::Error> {
     set_step(conn, saga.id, step, "done", None, Some(output)).await?;
-    let position = STEPS.iter().position(|s| *s == step).unwrap_or(STEPS.len());
-    match STEPS.get(position + 1) {
-        Some(next) => Ok(Some(next)),
-        None => {
-            finish(conn, saga.id, "completed").await?;
-            Ok(None)
-        }
+    match next_step(step) {
+        Some(next) => enqueue_step(conn, saga, next).await,
+        None => finish(conn, saga.id, "completed").await,
     }
 }
 

@@ -1,13 +1,13 @@
 //! A step attempt's success in one statement: the step `done` with its output and the attempt
 //! counted, what follows it (the next step's job, or the saga's end and its metadata job), and
-//! the fenced completion of the attempt's own job. The same writes as [`super::step_done`],
+//! the fenced completion of the attempt's own job. The same writes as [`super::step_succeeded`],
 //! [`super::enqueue_step`] or [`super::finish`] and `jobs::complete`, one round trip instead of
 //! four to seven.
 
 use serde_json::Value;
 use sqlx::PgConnection;
 
-use super::{Saga, is_local, step_job, sync_job};
+use super::{Saga, is_local, step_job, sync_job, write_step};
 use crate::start::STEPS;
 use jobs::{NewJob, enqueue};
 
@@ -34,14 +34,7 @@ pub enum StepSucceeded {
     Local(&'static str),
 }
 
-/// The step `done`, its attempt counted (the driver marks no start of its own).
-/// $1 saga, $2 step, $3 output.
-const DONE: &str = "
-update onboard.onboarding_step
-   set state = 'done', attempts = attempts + 1, output = $3, updated_at = now()
- where onboarding_id = $1 and name = $2";
-
-/// [`DONE`] for several steps: $2 their names, $3 their outputs.
+/// Several steps `done`, each attempt counted: $1 saga, $2 their names, $3 their outputs.
 const DONE_MANY: &str = "
     update onboard.onboarding_step s
        set state = 'done', attempts = s.attempts + 1, output = d.output, updated_at = now()
@@ -90,12 +83,7 @@ pub async fn step_attempt_succeeded(
     own: Attempt,
 ) -> Result<StepSucceeded, sqlx::Error> {
     if let Some(next) = next_step(step).filter(|n| is_local(n)) {
-        sqlx::query(DONE)
-            .bind(saga.id)
-            .bind(step)
-            .bind(sqlx::types::Json(output))
-            .execute(&mut *conn)
-            .await?;
+        write_step(conn, saga.id, step, "done", None, Some(output), 1).await?;
         return Ok(StepSucceeded::Local(next));
     }
     let held = steps_succeeded(conn, saga, &[(step, output)], own).await?;
@@ -155,6 +143,14 @@ pub async fn steps_succeeded(
     Ok(held)
 }
 
+/// `jobs::holds`'s check ($1 job, $2 attempt) and the step's output ($3 saga, $4 step).
+static ATTEMPT_HOLDS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "select {}, (select output from onboard.onboarding_step where onboarding_id = $3 and name = $4)",
+        jobs::enqueue::holds_sql(1)
+    )
+});
+
 /// Under the saga's lock: whether `own` still holds its job, and, when it does, the step's
 /// stored output (`{}` when none), in one statement.
 pub async fn attempt_holds(
@@ -163,15 +159,13 @@ pub async fn attempt_holds(
     step: &str,
     own: Attempt,
 ) -> Result<Option<Value>, sqlx::Error> {
-    let (held, output): (bool, Option<sqlx::types::Json<Value>>) = sqlx::query_as(
-        "select exists (select 1 from onboard.job where id = $1 and attempt = $2 and state = 'running'),
-                (select output from onboard.onboarding_step where onboarding_id = $3 and name = $4)",
-    )
-    .bind(own.job_id)
-    .bind(own.attempt)
-    .bind(saga_id)
-    .bind(step)
-    .fetch_one(conn)
-    .await?;
+    let (held, output): (bool, Option<sqlx::types::Json<Value>>) =
+        sqlx::query_as(ATTEMPT_HOLDS.as_str())
+            .bind(own.job_id)
+            .bind(own.attempt)
+            .bind(saga_id)
+            .bind(step)
+            .fetch_one(conn)
+            .await?;
     Ok(held.then(|| output.map_or(serde_json::json!({}), |o| o.0)))
 }

@@ -547,12 +547,14 @@ async fn sagas_whose_settling_attempt_ended_outside_the_handler_are_settled_by_t
         .await
         .unwrap()
         .unwrap();
-    onboarding::saga::step_started(&mut tx, compensating_id, "create_org_record")
-        .await
-        .unwrap();
-    onboarding::saga::step_failed(&mut tx, &saga, "create_org_record", "failed for good")
-        .await
-        .unwrap();
+    onboarding::saga::step_attempt_failed_for_good(
+        &mut tx,
+        &saga,
+        "create_org_record",
+        "failed for good",
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
     sqlx::query("update onboard.job set state = 'completed', finalized_at = now() where kind = 'onboarding.create_org_record' and args->>'onboarding_id' = $1::text")
         .bind(compensating_id.to_string())
@@ -788,9 +790,6 @@ async fn restart_fences_the_previous_runs_leftover_step_jobs() {
     // compensation ends the saga before step 2's job ran: that job is left over.
     let mut tx = stack.db.pool.begin().await.unwrap();
     let saga = onboarding::saga::lock(&mut tx, id).await.unwrap().unwrap();
-    onboarding::saga::step_started(&mut tx, id, "create_org_record")
-        .await
-        .unwrap();
     onboarding::saga::step_succeeded(&mut tx, &saga, "create_org_record", &serde_json::json!({}))
         .await
         .unwrap();
