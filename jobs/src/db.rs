@@ -1,6 +1,7 @@
 //! Connecting to PostgreSQL, waiting for it at start, and applying our migrations (tracked in
 //! `onboard._sqlx_migrations`).
 
+use std::future::Future;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable as _};
@@ -129,17 +130,21 @@ async fn connect_error(pool: &PgPool) -> sqlx::Error {
     }
 }
 
-/// Waits until [`check_ready`] passes, retrying with exponential backoff (200 ms up to 5 s,
-/// forever) and logging each failed try. Stop it by dropping the future.
-pub async fn wait_until_ready(pool: &PgPool) {
-    let policy = ExponentialBuilder::default()
+/// Retries at start: exponential backoff from 200 ms up to 5 s, forever.
+fn startup_backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(200))
         .with_max_delay(Duration::from_secs(5))
         .without_max_times()
-        .with_jitter();
+        .with_jitter()
+}
+
+/// Waits until [`check_ready`] passes, retrying with [`startup_backoff`] and logging each failed
+/// try. Stop it by dropping the future.
+pub async fn wait_until_ready(pool: &PgPool) {
     let mut tries = 0_u32;
     let _ = (|| check_ready(pool))
-        .retry(policy)
+        .retry(startup_backoff())
         .notify(|error, delay| {
             tries += 1;
             tracing::warn!(
@@ -153,6 +158,38 @@ pub async fn wait_until_ready(pool: &PgPool) {
     if tries > 0 {
         tracing::info!(tries, "the database is ready");
     }
+}
+
+/// Whether `error` says the database could not be reached or went away (it is starting,
+/// stopping or restarting), rather than refusing the statement.
+pub fn is_unreachable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut => true,
+        // Class 08: connection exception; 57P01–57P03: shutting down, crashed, starting up.
+        sqlx::Error::Database(e) => e.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    }
+}
+
+/// Runs `operation` until it succeeds or fails for a reason other than [`is_unreachable`],
+/// retrying with [`startup_backoff`] and logging each try under `what`. For the statements a
+/// role runs once at start, after [`wait_until_ready`]: the database may restart in between.
+pub async fn retry_while_unreachable<T, F, Fut>(what: &str, operation: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut tries = 0_u32;
+    operation
+        .retry(startup_backoff())
+        .when(is_unreachable)
+        .notify(|error, delay| {
+            tries += 1;
+            tracing::warn!(try_number = tries, retry_in = ?delay, %error, "{what}: the database is unreachable");
+        })
+        .await
 }
 
 /// The error with its cause, as `anyhow`'s `{:#}` prints a chain.

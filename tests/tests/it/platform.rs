@@ -2,6 +2,8 @@
 //! a role that waits for its database at start, and the internal listener's metrics of a
 //! worker run alone (`onboard worker`'s `Process`).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use integration_tests::stack::{
@@ -214,6 +216,66 @@ async fn a_worker_started_before_its_database_becomes_ready_once_the_database_is
         .unwrap()
         .unwrap();
     drop(cluster);
+}
+
+/// A TCP proxy in front of the test cluster that resets the first `resets` connections it
+/// accepts (as a restarting PostgreSQL does) and forwards the rest. Returns its port and the
+/// number of connections reset so far.
+async fn resetting_proxy(resets: usize) -> (u16, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let target = ("127.0.0.1", integration_tests::cluster().port());
+    let reset = Arc::new(AtomicUsize::new(0));
+    let counter = reset.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            if counter.load(Ordering::SeqCst) < resets {
+                client.set_zero_linger().unwrap();
+                drop(client);
+                counter.fetch_add(1, Ordering::SeqCst);
+                continue;
+            }
+            tokio::spawn(async move {
+                if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    (port, reset)
+}
+
+#[tokio::test]
+async fn configuring_the_queues_waits_out_a_database_that_resets_its_connections() {
+    let db = fresh_db().await;
+    let (proxy_port, reset) = resetting_proxy(2).await;
+    let cluster_port = integration_tests::cluster().port();
+    let url = db
+        .url
+        .replace(&format!(":{cluster_port}/"), &format!(":{proxy_port}/"));
+    assert_ne!(url, db.url, "the pool goes through the proxy");
+    let pool = jobs::db::connect_lazy(&url, &jobs::db::PoolSettings::default()).unwrap();
+
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        worker::app::configure_queues(&pool),
+    )
+    .await
+    .expect("the queues are configured once the database answers")
+    .expect("a reset connection is retried, not returned");
+
+    assert_eq!(
+        reset.load(Ordering::SeqCst),
+        2,
+        "the proxy reset two connections"
+    );
+    let cap: Option<f64> =
+        sqlx::query_scalar("select max_per_second from onboard.queue where name = $1")
+            .bind(onboarding::saga::EMAIL_QUEUE)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(cap, Some(2.0));
 }
 
 /// The value of every series named `name` whose labels include each of `labels`, summed.
