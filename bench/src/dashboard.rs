@@ -104,7 +104,7 @@ const QUERIES: [(&str, &str); 19] = [
     ),
     (
         "live args search",
-        "select id from (select * from onboard.job where state = 'available' and strpos(args::text, 'msg_l777') > 0 union all select * from onboard.job where state in ('scheduled', 'retryable') and strpos(args::text, 'msg_l777') > 0 union all select * from onboard.job where state = 'running' and strpos(args::text, 'msg_l777') > 0) job where true order by id desc limit 50",
+        "select id from onboard.job where true and (state = 'available' or state in ('scheduled', 'retryable') or state = 'running') and strpos(args::text, 'msg_l777') > 0 order by id + 0 desc limit 50",
     ),
     (
         "onboardings by name",

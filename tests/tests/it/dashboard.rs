@@ -587,6 +587,39 @@ async fn bulk_actions_take_ids_or_a_filter_and_keyset_pages_cover_every_job_once
     let mut newest_first = ids.clone();
     newest_first.reverse();
     assert_eq!(seen, newest_first);
+
+    // A search matching every job's args finds the live ones only (2, 3 and 6 are available
+    // again or still), newest first, in keyset pages.
+    let mut found = Vec::new();
+    let mut next = String::new();
+    loop {
+        let page = op
+            .get_json(&format!("/api/jobs?q=needle-&limit=2{next}"))
+            .await;
+        for item in page["items"].as_array().unwrap() {
+            found.push(item["id"].as_i64().unwrap());
+        }
+        match page["next_before"].as_i64() {
+            Some(before) => next = format!("&before={before}"),
+            None => break,
+        }
+    }
+    assert_eq!(found, [ids[6], ids[3], ids[2]]);
+    // A bulk action on a search acts on what the search finds.
+    let (status, body) = op
+        .act(
+            "/api/jobs/bulk",
+            Some(json!({"action": "cancel", "filter": {"q": "needle-", "queue": "bulk"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["ok"].as_i64(), body["refused"].as_i64()),
+        (Some(2), Some(0))
+    );
+    assert_eq!(jobs_state(&db.pool, ids[2]).await, "cancelled");
+    assert_eq!(jobs_state(&db.pool, ids[3]).await, "cancelled");
+    assert_eq!(jobs_state(&db.pool, ids[6]).await, "available");
 }
 
 #[tokio::test]
