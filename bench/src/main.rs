@@ -103,9 +103,32 @@ fn print(bench: &str, figures: &[Figure]) {
     }
 }
 
+const BENCHES: [&str; 6] = ["queue", "ingress", "ingress-db", "e2e", "saga", "dashboard"];
+
+const USAGE: &str =
+    "usage: cargo run --release -p bench -- [queue|ingress|ingress-db|e2e|saga|dashboard]
+
+  queue       drain, enqueue, latency and lateness of the job queue, next to pgbench floors
+  ingress     the webhook under wrk at concurrency 1, 16 and 64, next to the one-statement floor
+  ingress-db  the inbox statement alone, at the same concurrencies
+  e2e         webhook to completed onboarding: a burst of 1,000 and a trickle of 50/s
+  saga        one onboarding's jobs, transactions and wall time, through the worker alone
+  dashboard   every dashboard page and API read on 1M finished and 100k live jobs
+
+Each starts its own PostgreSQL unless DATABASE_URL is set. The README lists each bench's
+variables.";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let which = std::env::args().nth(1).unwrap_or_else(|| "queue".into());
+    if matches!(which.as_str(), "-h" | "--help" | "help") {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    if !BENCHES.contains(&which.as_str()) {
+        eprintln!("unknown bench `{which}`\n\n{USAGE}");
+        std::process::exit(2);
+    }
     let server = Server::start()?;
     match which.as_str() {
         "queue" => {
@@ -134,9 +157,7 @@ async fn main() -> anyhow::Result<()> {
             let figures = dashboard::run(&server).await?;
             print("dashboard", &figures);
         }
-        other => anyhow::bail!(
-            "unknown bench `{other}`; try `queue`, `ingress`, `saga`, `e2e` or `dashboard`"
-        ),
+        other => unreachable!("`{other}` is checked against BENCHES above"),
     }
     Ok(())
 }
