@@ -102,11 +102,37 @@ async fn sagas(
     .await
 }
 
-/// Reads the overview.
+/// Reads the overview. Its parts are independent reads, run at once on their own connections:
+/// the page waits for the slowest part, not for their sum.
 pub async fn read(
     pool: &PgPool,
     stuck_after: std::time::Duration,
 ) -> Result<Overview, sqlx::Error> {
+    let (live_jobs, finished, last_hour, onboardings, alerts) = tokio::try_join!(
+        async {
+            let (live, capped) = live_counts(pool).await?;
+            let oldest = oldest_available(pool, &live).await?;
+            Ok::<_, sqlx::Error>((live, capped, oldest))
+        },
+        finished_counts(pool),
+        last_hour(pool),
+        onboarding_counts(pool),
+        alerts(pool, stuck_after),
+    )?;
+    let (live, live_capped, oldest_available) = live_jobs;
+    Ok(Overview {
+        live,
+        live_capped,
+        finished,
+        last_hour,
+        oldest_available,
+        onboardings,
+        alerts,
+    })
+}
+
+/// Live jobs by queue and state, and the live states whose count reached [`COUNT_CAP`].
+async fn live_counts(pool: &PgPool) -> Result<(Vec<StateCount>, Vec<String>), sqlx::Error> {
     let mut live: Vec<StateCount> = Vec::new();
     let mut live_capped = Vec::new();
     // Each state is read in the order of its partial index, so the capped scan walks that
@@ -130,6 +156,11 @@ pub async fn read(
         }
         live.extend(counts);
     }
+    Ok((live, live_capped))
+}
+
+/// Finished jobs by state, capped.
+async fn finished_counts(pool: &PgPool) -> Result<Vec<CappedCount>, sqlx::Error> {
     let mut finished = Vec::new();
     for state in ["completed", "cancelled", "discarded"] {
         let count: i64 = sqlx::query_scalar(
@@ -146,7 +177,12 @@ pub async fn read(
             at_least: count >= COUNT_CAP,
         });
     }
-    let last_hour: Vec<Minute> = sqlx::query_as(
+    Ok(finished)
+}
+
+/// Jobs finished per minute over the last hour, with their queue latency.
+async fn last_hour(pool: &PgPool) -> Result<Vec<Minute>, sqlx::Error> {
+    sqlx::query_as(
         "with f as materialized (
              select (extract(epoch from now() - finalized_at) / 60)::int as ago,
                     count(*) filter (where state = 'completed') as completed,
@@ -161,7 +197,14 @@ pub async fn read(
           order by m.ago desc",
     )
     .fetch_all(pool)
-    .await?;
+    .await
+}
+
+/// The oldest runnable job of the queues in `live`.
+async fn oldest_available(
+    pool: &PgPool,
+    live: &[StateCount],
+) -> Result<Option<(i64, String, f64)>, sqlx::Error> {
     // Per queue, the next `available` job in the fetch index's order (priority, then run_at:
     // what runs next) and the oldest due waiting one (`job_waiting_idx`'s order), so each
     // lookup reads one index entry; the oldest of those is the overview's.
@@ -187,6 +230,11 @@ pub async fn read(
             }
         }
     }
+    Ok(oldest_available)
+}
+
+/// Onboardings by state, capped; states with none are left out.
+async fn onboarding_counts(pool: &PgPool) -> Result<Vec<CappedCount>, sqlx::Error> {
     let mut onboardings = Vec::new();
     for state in SAGA_STATES {
         let count: i64 = sqlx::query_scalar(
@@ -204,8 +252,13 @@ pub async fn read(
             });
         }
     }
+    Ok(onboardings)
+}
+
+/// The overview's alerts; a saga is stuck when not terminal after `stuck_after`.
+async fn alerts(pool: &PgPool, stuck_after: std::time::Duration) -> Result<Alerts, sqlx::Error> {
     let stuck_s = stuck_after.as_secs_f64();
-    let alerts = Alerts {
+    Ok(Alerts {
         compensation_failed: sagas(pool, "state = 'compensation_failed'", stuck_s).await?,
         completed_with_errors: sagas(pool, "state = 'completed_with_errors'", stuck_s).await?,
         not_terminal: sagas(
@@ -220,14 +273,5 @@ pub async fn read(
         )
         .fetch_all(pool)
         .await?,
-    };
-    Ok(Overview {
-        live,
-        live_capped,
-        finished,
-        last_hour,
-        oldest_available,
-        onboardings,
-        alerts,
     })
 }

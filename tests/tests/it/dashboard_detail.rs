@@ -171,3 +171,148 @@ async fn queues_count_runnable_waiting_and_running_jobs_per_queue() {
     assert_eq!(row("alpha"), (2, 2, 1, false, true));
     assert_eq!(row("beta"), (1, 0, 0, false, true));
 }
+
+#[tokio::test]
+async fn the_overview_counts_jobs_and_onboardings_by_state_and_raises_each_alert() {
+    let db = integration_tests::fresh_db().await;
+    add_operator(&db.pool, "olga", dashboard::account::Role::Viewer).await;
+    let d = Dashboard::spawn(db.pool.clone()).await;
+    let op = Session::login(&d, "olga").await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    let mut ids = Vec::new();
+    for (queue, n) in [("alpha", 3), ("beta", 1)] {
+        for i in 0..n {
+            let job = jobs::NewJob::new("test.noop", serde_json::json!({ "i": i })).queue(queue);
+            ids.push(jobs::enqueue(&mut conn, &job).await.unwrap().id);
+        }
+    }
+    // One alpha job waits for its time, one runs past its lease, one finished.
+    sqlx::query(
+        "update onboard.job set state = 'scheduled', run_at = now() + interval '1 hour' where id = $1;",
+    )
+    .bind(ids[0])
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "update onboard.job set state = 'running', attempt = 1, attempted_at = now() - interval '2 minutes',
+                lease_owner = 'w1', lease_expires_at = now() - interval '1 minute' where id = $1",
+    )
+    .bind(ids[1])
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "update onboard.job set state = 'completed', attempt = 1, attempted_at = now(), finalized_at = now()
+          where id = $1",
+    )
+    .bind(ids[2])
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    // Onboardings: each alerting state, a saga running for 11 minutes (past the default 10), and
+    // one that has just started (no alert).
+    for (org, state, age_minutes) in [
+        ("org_cf", "compensation_failed", 0),
+        ("org_cwe", "completed_with_errors", 0),
+        ("org_old", "running", 11),
+        ("org_new", "running", 0),
+        ("org_ok", "completed", 0),
+    ] {
+        sqlx::query(
+            "insert into onboard.onboarding (clerk_org_id, state, source, request, created_at, updated_at)
+             values ($1, $2, 'webhook', jsonb_build_object('org_id', $1::text, 'name', $1::text, 'slug', $1::text),
+                     now() - $3 * interval '1 minute', now())",
+        )
+        .bind(org)
+        .bind(state)
+        .bind(age_minutes)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+
+    let o = op.get_json("/api/overview").await;
+    let live: Vec<(String, String, i64)> = o["live"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["queue"].as_str().unwrap().to_owned(),
+                c["state"].as_str().unwrap().to_owned(),
+                c["count"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let mut live_sorted = live.clone();
+    live_sorted.sort();
+    assert_eq!(
+        live_sorted,
+        [
+            ("alpha".to_owned(), "running".to_owned(), 1),
+            ("alpha".to_owned(), "scheduled".to_owned(), 1),
+            ("beta".to_owned(), "available".to_owned(), 1),
+        ],
+        "{o:#}"
+    );
+    assert_eq!(o["live_capped"], serde_json::json!([]));
+    let completed = o["finished"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["state"] == "completed")
+        .unwrap();
+    assert_eq!(completed["count"], 1, "{o:#}");
+    assert_eq!(o["oldest_available"][0], ids[3], "{o:#}");
+    assert_eq!(o["last_hour"].as_array().unwrap().len(), 60);
+    let finished_now: i64 = o["last_hour"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["completed"].as_i64().unwrap())
+        .sum();
+    assert_eq!(finished_now, 1, "{o:#}");
+    let sagas: Vec<(String, i64)> = o["onboardings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["state"].as_str().unwrap().to_owned(),
+                c["count"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sagas,
+        [
+            ("running".to_owned(), 2),
+            ("completed".to_owned(), 1),
+            ("completed_with_errors".to_owned(), 1),
+            ("compensation_failed".to_owned(), 1),
+        ]
+    );
+    let orgs = |alert: &str| -> Vec<String> {
+        o["alerts"][alert]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["org_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(orgs("compensation_failed"), ["org_cf"]);
+    assert_eq!(orgs("completed_with_errors"), ["org_cwe"]);
+    assert_eq!(orgs("not_terminal"), ["org_old"]);
+    assert_eq!(o["alerts"]["past_lease"], serde_json::json!([ids[1]]));
+
+    // The page shows the same.
+    let html = op.get("/").await.text().await.unwrap();
+    for text in ["org_cf", "org_cwe", "org_old", "alpha", "beta"] {
+        assert!(html.contains(text), "the overview page shows {text}");
+    }
+    assert!(
+        !html.contains("org_new"),
+        "a saga just started raises no alert"
+    );
+}
