@@ -66,10 +66,14 @@ pub async fn page(caller: Caller, State(s): State<DashboardState>) -> PageResult
         div.cards {
             div.card {
                 h2 { "Live jobs" }
-                table {
-                    tr { th { "queue" } @for st in live_states { th { (st) @if o.live_capped.iter().any(|c| c == st) { " (≥ " (read::overview::COUNT_CAP) " in all: estimate)" } } } }
-                    @for q in &queues {
-                        tr { td { a href={ "/jobs?queue=" (q) } { (q) } } @for st in live_states { td { a href={ "/jobs?queue=" (q) "&state=" (st) } { (count(q, st)) } } } }
+                @if queues.is_empty() {
+                    p.muted { "None: every job has finished." }
+                } @else {
+                    table {
+                        tr { th { "queue" } @for st in live_states { th { (st) @if o.live_capped.iter().any(|c| c == st) { " (≥ " (read::overview::COUNT_CAP) " in all: estimate)" } } } }
+                        @for q in &queues {
+                            tr { td { a href={ "/jobs?queue=" (q) } { (q) } } @for st in live_states { td { a href={ "/jobs?queue=" (q) "&state=" (st) } { (count(q, st)) } } } }
+                        }
                     }
                 }
                 p { "Oldest available: "

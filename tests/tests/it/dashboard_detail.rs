@@ -178,6 +178,8 @@ async fn the_overview_counts_jobs_and_onboardings_by_state_and_raises_each_alert
     add_operator(&db.pool, "olga", dashboard::account::Role::Viewer).await;
     let d = Dashboard::spawn(db.pool.clone()).await;
     let op = Session::login(&d, "olga").await;
+    let empty = op.get("/").await.text().await.unwrap();
+    assert!(empty.contains("None: every job has finished."), "{empty}");
     let mut conn = db.pool.acquire().await.unwrap();
     let mut ids = Vec::new();
     for (queue, n) in [("alpha", 3), ("beta", 1)] {
