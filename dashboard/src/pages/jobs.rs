@@ -134,7 +134,11 @@ pub async fn detail(
                 p { "kind " code { (j.kind) } " on queue " code { (j.queue) } }
                 p { "attempt " (j.attempt) " of " (j.max_attempts) }
                 p { "enqueued " (time(&j.created_at)) ", runs at " (time(&j.run_at)) }
-                p { "last attempt started " (time_opt(job.attempted_at.as_ref())) ", finished " (time_opt(j.finalized_at.as_ref())) }
+                @match job.attempted_at.as_ref() {
+                    Some(started) => p { "last attempt started " (time(started)) },
+                    None => p { "not attempted yet" },
+                }
+                @if let Some(finished) = j.finalized_at.as_ref() { p { "finished " (time(finished)) } }
                 @if let Some(owner) = &job.lease_owner { p { "held by " code { (owner) } " until " (time_opt(job.lease_expires_at.as_ref())) } }
                 @if let Some(key) = &job.unique_key { p { "unique key " code { (key) } } }
                 @if let Some(saga) = job.onboarding_id { p { "step of " a #saga-link href={ "/onboardings/" (saga) } { "onboarding " (saga) } } }

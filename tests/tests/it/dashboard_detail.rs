@@ -317,4 +317,13 @@ async fn the_overview_counts_jobs_and_onboardings_by_state_and_raises_each_alert
         !html.contains("org_new"),
         "a saga just started raises no alert"
     );
+    assert!(!html.contains("None: every job has finished."));
+
+    // A job's page says when it finished only when it has.
+    let page = async |id: i64| op.get(&format!("/jobs/{id}")).await.text().await.unwrap();
+    let running = page(ids[1]).await;
+    assert!(running.contains("last attempt started"), "{running}");
+    assert!(!running.contains("finished"), "{running}");
+    assert!(page(ids[2]).await.contains("finished "));
+    assert!(page(ids[3]).await.contains("not attempted yet"));
 }
