@@ -318,12 +318,41 @@ async fn the_overview_counts_jobs_and_onboardings_by_state_and_raises_each_alert
         "a saga just started raises no alert"
     );
     assert!(!html.contains("None: every job has finished."));
+}
 
-    // A job's page says when it finished only when it has.
+#[tokio::test]
+async fn a_job_page_says_finished_only_for_a_finished_job() {
+    let db = integration_tests::fresh_db().await;
+    add_operator(&db.pool, "olga", dashboard::account::Role::Viewer).await;
+    let d = Dashboard::spawn(db.pool.clone()).await;
+    let op = Session::login(&d, "olga").await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let job = jobs::NewJob::new("test.noop", serde_json::json!({ "i": i }));
+        ids.push(jobs::enqueue(&mut conn, &job).await.unwrap().id);
+    }
+    sqlx::query(
+        "update onboard.job set state = 'running', attempt = 1, attempted_at = now(),
+                lease_owner = 'w1', lease_expires_at = now() + interval '1 minute' where id = $1",
+    )
+    .bind(ids[0])
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "update onboard.job set state = 'completed', attempt = 1, attempted_at = now(), finalized_at = now()
+          where id = $1",
+    )
+    .bind(ids[1])
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
     let page = async |id: i64| op.get(&format!("/jobs/{id}")).await.text().await.unwrap();
-    let running = page(ids[1]).await;
+    let running = page(ids[0]).await;
     assert!(running.contains("last attempt started"), "{running}");
     assert!(!running.contains("finished"), "{running}");
-    assert!(page(ids[2]).await.contains("finished "));
-    assert!(page(ids[3]).await.contains("not attempted yet"));
+    assert!(page(ids[1]).await.contains("finished "));
+    assert!(page(ids[2]).await.contains("not attempted yet"));
 }
