@@ -97,24 +97,7 @@ fn describe(fields: &[FieldError]) -> String {
 impl ApiError {
     /// Maps a database error: connection trouble is `503`, the rest `500`.
     pub fn database(error: sqlx::Error) -> Self {
-        let unavailable = match &error {
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::Protocol(_)
-            | sqlx::Error::WorkerCrashed => true,
-            // 08: connection exception, 53: insufficient resources, 57: operator intervention
-            // (shutdown, terminated backend), 3D: no such database, 55000: the database does
-            // not accept connections, 40: serialization failure / deadlock (retry).
-            sqlx::Error::Database(e) => e.code().is_some_and(|code| {
-                ["08", "53", "57", "3D", "40"]
-                    .iter()
-                    .any(|class| code.starts_with(class))
-                    || code == "55000"
-            }),
-            _ => false,
-        };
+        let unavailable = jobs::db::is_unavailable(&error);
         let error = anyhow::Error::new(error).context("database");
         if unavailable {
             ApiError::Unavailable(error)

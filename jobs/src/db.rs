@@ -160,23 +160,33 @@ pub async fn wait_until_ready(pool: &PgPool) {
     }
 }
 
-/// Whether `error` says the database could not be reached or went away (it is starting,
-/// stopping or restarting), rather than refusing the statement.
-pub fn is_unreachable(error: &sqlx::Error) -> bool {
+/// Whether `error` says the database cannot serve now (unreachable, starting or stopping,
+/// out of connections, a deadlock) rather than refusing the statement: worth retrying later.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
     match error {
-        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut => true,
-        // Class 08: connection exception; 57P01–57P03: shutting down, crashed, starting up.
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        // 08: connection exception, 53: insufficient resources, 57: operator intervention
+        // (shutdown, terminated backend), 3D: no such database, 55000: the database does not
+        // accept connections, 40: serialization failure / deadlock (retry).
         sqlx::Error::Database(e) => e.code().is_some_and(|code| {
-            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")
+            ["08", "53", "57", "3D", "40"]
+                .iter()
+                .any(|class| code.starts_with(class))
+                || code == "55000"
         }),
         _ => false,
     }
 }
 
-/// Runs `operation` until it succeeds or fails for a reason other than [`is_unreachable`],
+/// Runs `operation` until it succeeds or fails for a reason other than [`is_unavailable`],
 /// retrying with [`startup_backoff`] and logging each try under `what`. For the statements a
 /// role runs once at start, after [`wait_until_ready`]: the database may restart in between.
-pub async fn retry_while_unreachable<T, F, Fut>(what: &str, operation: F) -> Result<T, sqlx::Error>
+pub async fn retry_while_unavailable<T, F, Fut>(what: &str, operation: F) -> Result<T, sqlx::Error>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, sqlx::Error>>,
@@ -184,10 +194,10 @@ where
     let mut tries = 0_u32;
     operation
         .retry(startup_backoff())
-        .when(is_unreachable)
+        .when(is_unavailable)
         .notify(|error, delay| {
             tries += 1;
-            tracing::warn!(try_number = tries, retry_in = ?delay, %error, "{what}: the database is unreachable");
+            tracing::warn!(try_number = tries, retry_in = ?delay, %error, "{what}: the database is unavailable");
         })
         .await
 }

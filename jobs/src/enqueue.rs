@@ -40,6 +40,24 @@ returning id"
     )
 }
 
+/// Binds a [`NewJob`]'s fields to `query` (anything with `.bind`) in [`insert_sql`]'s parameter
+/// order: `bind_new_job!(sqlx::query(sql).bind(a), &job)` when the insert's parameters follow `a`.
+#[macro_export]
+macro_rules! bind_new_job {
+    ($query:expr, $job:expr) => {{
+        let job: &$crate::NewJob = $job;
+        $query
+            .bind(&job.kind)
+            .bind(&job.queue)
+            .bind(::sqlx::types::Json(&job.args))
+            .bind(job.priority)
+            .bind(job.run_at)
+            .bind(job.max_attempts)
+            .bind(&job.unique_key)
+            .bind(job.unique_completed)
+    }};
+}
+
 static INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| insert_sql(1));
 
 /// [`complete`]'s update, its two parameters (job id, attempt) numbered from `$first`, for a
@@ -67,15 +85,7 @@ select id from onboard.job
 /// A duplicate unique key returns the existing job's id and leaves the transaction usable.
 pub async fn enqueue(conn: &mut PgConnection, job: &NewJob) -> Result<Enqueued, sqlx::Error> {
     loop {
-        let inserted: Option<i64> = sqlx::query_scalar(INSERT.as_str())
-            .bind(&job.kind)
-            .bind(&job.queue)
-            .bind(sqlx::types::Json(&job.args))
-            .bind(job.priority)
-            .bind(job.run_at)
-            .bind(job.max_attempts)
-            .bind(&job.unique_key)
-            .bind(job.unique_completed)
+        let inserted: Option<i64> = bind_new_job!(sqlx::query_scalar(INSERT.as_str()), job)
             .fetch_optional(&mut *conn)
             .await?;
         if let Some(id) = inserted {

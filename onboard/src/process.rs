@@ -204,9 +204,12 @@ async fn run_worker(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let providers = role.providers.providers()?;
-    worker::app::configure_queues(&pool)
-        .await
-        .context("configuring the queues")?;
+    // Configuring waits out a database that is down; a shutdown meanwhile ends it.
+    let mut shutdown = Box::pin(shutdown);
+    tokio::select! {
+        configured = worker::app::configure_queues(&pool) => configured.context("configuring the queues")?,
+        () = &mut shutdown => return Ok(()),
+    }
     let registry = worker::app::registry_with(pool.clone(), providers, role.retention);
     worker::runtime::run(pool, registry, role.settings, shutdown).await
 }

@@ -33,9 +33,9 @@ pub fn registry_with(pool: PgPool, providers: Providers, retention: DataRetentio
 
 /// Sets the per-queue caps the providers need (Resend allows 2 requests/s per team), unless
 /// an operator has set that queue's caps: theirs survive restarts. Waits out a database that
-/// goes away meanwhile ([`jobs::db::retry_while_unreachable`]).
+/// goes away meanwhile ([`jobs::db::retry_while_unavailable`]).
 pub async fn configure_queues(pool: &PgPool) -> Result<(), sqlx::Error> {
-    jobs::db::retry_while_unreachable("configuring the queues", || {
+    jobs::db::retry_while_unavailable("configuring the queues", || {
         jobs::admin::set_default_limits(pool, onboarding::saga::EMAIL_QUEUE, None, Some(2.0))
     })
     .await

@@ -172,46 +172,63 @@ async fn queues_count_runnable_waiting_and_running_jobs_per_queue() {
     assert_eq!(row("beta"), (1, 0, 0, false, true));
 }
 
-#[tokio::test]
-async fn the_overview_counts_jobs_and_onboardings_by_state_and_raises_each_alert() {
+/// A dashboard on a fresh database and a viewer's session on it.
+async fn viewer_on_fresh_db() -> (integration_tests::TestDb, Dashboard, Session) {
     let db = integration_tests::fresh_db().await;
     add_operator(&db.pool, "olga", dashboard::account::Role::Viewer).await;
     let d = Dashboard::spawn(db.pool.clone()).await;
-    let op = Session::login(&d, "olga").await;
+    let session = Session::login(&d, "olga").await;
+    (db, d, session)
+}
+
+/// Enqueues a no-op job `i` on `queue`.
+async fn enqueue_noop(pool: &sqlx::PgPool, queue: &str, i: i32) -> i64 {
+    let mut conn = pool.acquire().await.unwrap();
+    let job = jobs::NewJob::new("test.noop", serde_json::json!({ "i": i })).queue(queue);
+    jobs::enqueue(&mut conn, &job).await.unwrap().id
+}
+
+/// A job that ran once and completed.
+const FINISHED: &str =
+    "state = 'completed', attempt = 1, attempted_at = now(), finalized_at = now()";
+
+/// Applies `set` (an `update … set` list) to job `id`, as a worker's or an operator's change would.
+async fn set_job(pool: &sqlx::PgPool, id: i64, set: &str) {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "update onboard.job set {set} where id = $1"
+    )))
+    .bind(id)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn the_overview_counts_jobs_and_onboardings_by_state_and_raises_each_alert() {
+    let (db, _d, op) = viewer_on_fresh_db().await;
     let empty = op.get("/").await.text().await.unwrap();
     assert!(empty.contains("None: every job has finished."), "{empty}");
-    let mut conn = db.pool.acquire().await.unwrap();
     let mut ids = Vec::new();
     for (queue, n) in [("alpha", 3), ("beta", 1)] {
         for i in 0..n {
-            let job = jobs::NewJob::new("test.noop", serde_json::json!({ "i": i })).queue(queue);
-            ids.push(jobs::enqueue(&mut conn, &job).await.unwrap().id);
+            ids.push(enqueue_noop(&db.pool, queue, i).await);
         }
     }
     // One alpha job waits for its time, one runs past its lease, one finished.
-    sqlx::query(
-        "update onboard.job set state = 'scheduled', run_at = now() + interval '1 hour' where id = $1;",
+    set_job(
+        &db.pool,
+        ids[0],
+        "state = 'scheduled', run_at = now() + interval '1 hour'",
     )
-    .bind(ids[0])
-    .execute(&db.pool)
-    .await
-    .unwrap();
-    sqlx::query(
-        "update onboard.job set state = 'running', attempt = 1, attempted_at = now() - interval '2 minutes',
-                lease_owner = 'w1', lease_expires_at = now() - interval '1 minute' where id = $1",
+    .await;
+    set_job(
+        &db.pool,
+        ids[1],
+        "state = 'running', attempt = 1, attempted_at = now() - interval '2 minutes',
+         lease_owner = 'w1', lease_expires_at = now() - interval '1 minute'",
     )
-    .bind(ids[1])
-    .execute(&db.pool)
-    .await
-    .unwrap();
-    sqlx::query(
-        "update onboard.job set state = 'completed', attempt = 1, attempted_at = now(), finalized_at = now()
-          where id = $1",
-    )
-    .bind(ids[2])
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    .await;
+    set_job(&db.pool, ids[2], FINISHED).await;
     // Onboardings: each alerting state, a saga running for 11 minutes (past the default 10), and
     // one that has just started (no alert).
     for (org, state, age_minutes) in [
@@ -322,32 +339,19 @@ async fn the_overview_counts_jobs_and_onboardings_by_state_and_raises_each_alert
 
 #[tokio::test]
 async fn a_job_page_says_finished_only_for_a_finished_job() {
-    let db = integration_tests::fresh_db().await;
-    add_operator(&db.pool, "olga", dashboard::account::Role::Viewer).await;
-    let d = Dashboard::spawn(db.pool.clone()).await;
-    let op = Session::login(&d, "olga").await;
-    let mut conn = db.pool.acquire().await.unwrap();
+    let (db, _d, op) = viewer_on_fresh_db().await;
     let mut ids = Vec::new();
     for i in 0..3 {
-        let job = jobs::NewJob::new("test.noop", serde_json::json!({ "i": i }));
-        ids.push(jobs::enqueue(&mut conn, &job).await.unwrap().id);
+        ids.push(enqueue_noop(&db.pool, "default", i).await);
     }
-    sqlx::query(
-        "update onboard.job set state = 'running', attempt = 1, attempted_at = now(),
-                lease_owner = 'w1', lease_expires_at = now() + interval '1 minute' where id = $1",
+    set_job(
+        &db.pool,
+        ids[0],
+        "state = 'running', attempt = 1, attempted_at = now(),
+         lease_owner = 'w1', lease_expires_at = now() + interval '1 minute'",
     )
-    .bind(ids[0])
-    .execute(&db.pool)
-    .await
-    .unwrap();
-    sqlx::query(
-        "update onboard.job set state = 'completed', attempt = 1, attempted_at = now(), finalized_at = now()
-          where id = $1",
-    )
-    .bind(ids[1])
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    .await;
+    set_job(&db.pool, ids[1], FINISHED).await;
 
     let page = async |id: i64| op.get(&format!("/jobs/{id}")).await.text().await.unwrap();
     let running = page(ids[0]).await;

@@ -218,18 +218,20 @@ async fn a_worker_started_before_its_database_becomes_ready_once_the_database_is
     drop(cluster);
 }
 
-/// A TCP proxy in front of the test cluster that resets the first `resets` connections it
-/// accepts (as a restarting PostgreSQL does) and forwards the rest. Returns its port and the
+/// A TCP proxy in front of the test cluster: connection `n` (from 0) is forwarded when
+/// `forward(n)`, and otherwise reset, as a restarting PostgreSQL does. Returns its port and the
 /// number of connections reset so far.
-async fn resetting_proxy(resets: usize) -> (u16, Arc<AtomicUsize>) {
+async fn proxy(forward: impl Fn(usize) -> bool + Send + 'static) -> (u16, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let target = ("127.0.0.1", integration_tests::cluster().port());
     let reset = Arc::new(AtomicUsize::new(0));
     let counter = reset.clone();
     tokio::spawn(async move {
+        let mut accepted = 0;
         while let Ok((mut client, _)) = listener.accept().await {
-            if counter.load(Ordering::SeqCst) < resets {
+            accepted += 1;
+            if !forward(accepted - 1) {
                 client.set_zero_linger().unwrap();
                 drop(client);
                 counter.fetch_add(1, Ordering::SeqCst);
@@ -245,16 +247,25 @@ async fn resetting_proxy(resets: usize) -> (u16, Arc<AtomicUsize>) {
     (port, reset)
 }
 
-#[tokio::test]
-async fn configuring_the_queues_waits_out_a_database_that_resets_its_connections() {
-    let db = fresh_db().await;
-    let (proxy_port, reset) = resetting_proxy(2).await;
+/// `db`'s URL through the proxy on `proxy_port`.
+fn through(db: &integration_tests::TestDb, proxy_port: u16) -> String {
     let cluster_port = integration_tests::cluster().port();
     let url = db
         .url
         .replace(&format!(":{cluster_port}/"), &format!(":{proxy_port}/"));
-    assert_ne!(url, db.url, "the pool goes through the proxy");
-    let pool = jobs::db::connect_lazy(&url, &jobs::db::PoolSettings::default()).unwrap();
+    assert_ne!(url, db.url, "the URL goes through the proxy");
+    url
+}
+
+#[tokio::test]
+async fn configuring_the_queues_waits_out_a_database_that_resets_its_connections() {
+    let db = fresh_db().await;
+    let (proxy_port, reset) = proxy(|n| n >= 2).await;
+    let pool = jobs::db::connect_lazy(
+        &through(&db, proxy_port),
+        &jobs::db::PoolSettings::default(),
+    )
+    .unwrap();
 
     tokio::time::timeout(
         Duration::from_secs(60),
@@ -276,6 +287,45 @@ async fn configuring_the_queues_waits_out_a_database_that_resets_its_connections
             .await
             .unwrap();
     assert_eq!(cap, Some(2.0));
+}
+
+#[tokio::test]
+async fn a_worker_configuring_its_queues_while_the_database_is_gone_stops_when_asked() {
+    let db = fresh_db().await;
+    // The readiness check's connection goes through; every later one is reset.
+    let (proxy_port, reset) = proxy(|n| n == 0).await;
+    let roles = Roles {
+        ingress: None,
+        worker: Some(WorkerRole {
+            providers: provider_settings("http://127.0.0.1:9", Duration::from_millis(500)),
+            settings: worker::runtime::WorkerSettings::default(),
+            retention: Default::default(),
+        }),
+        dashboard: None,
+    };
+    let database = Database::new(&through(&db, proxy_port));
+    let process = Process::bind(&database, "127.0.0.1:0".parse().unwrap(), roles)
+        .await
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(process.run(async move {
+        let _ = stopped.await;
+    }));
+    // Past readiness, the worker's connections are reset and configuring is retried.
+    wait_for(
+        "the worker to retry configuring its queues",
+        Duration::from_secs(60),
+        || async { (reset.load(Ordering::SeqCst) >= 2).then_some(()) },
+    )
+    .await;
+    assert!(!running.is_finished(), "the worker waits for its database");
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("the worker stops while its database is still gone")
+        .unwrap()
+        .unwrap();
 }
 
 /// The value of every series named `name` whose labels include each of `labels`, summed.
