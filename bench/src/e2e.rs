@@ -5,7 +5,9 @@
 //! (Resend's limit) is lifted for the run, which alone would bound a burst at 2 onboardings/s.
 //!
 //! Figures: `e2e_burst_rate` (a burst of `E2E_BURST`, default 1,000: onboardings/s from the first
-//! send to the last `completed`, median of `E2E_RUNS`, default 3), `e2e_trickle_p99` (`E2E_TRICKLE`,
+//! send to the last `completed`, median of `E2E_RUNS`, default 3; its floor, measured before each
+//! burst, is `floor/e2e/onboarding.sql`: every row an onboarding writes, in the fewest statements
+//! and commits, with no HTTP and no provider calls), `e2e_trickle_p99` (`E2E_TRICKLE`,
 //! default 500, at 50/s: ms from the `organization.created` send to `completed`), their p50s, jobs
 //! and commits per onboarding, and the peak RSS of each process. With `E2E_STATEMENTS=N` (a
 //! server in `DATABASE_URL` that preloads `pg_stat_statements`, the extension created in its
@@ -22,7 +24,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::{Figure, Server};
+use crate::{Figure, Server, floor};
 
 const DATABASE: &str = "bench_e2e";
 /// Deliveries in flight at once during the burst (Svix delivers concurrently too).
@@ -30,6 +32,9 @@ const BURST_CONCURRENCY: usize = 64;
 /// The trickle's pace: 50 onboardings/s.
 const TRICKLE_EVERY: Duration = Duration::from_millis(20);
 const DEADLINE: Duration = Duration::from_secs(600);
+/// The floor's clients: its best of 4, 8 and 16 on a 2-core machine.
+const FLOOR_CLIENTS: u32 = 8;
+const FLOOR_SECONDS: u32 = 5;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -604,9 +609,10 @@ async fn reset_statements(server: &Server) -> anyhow::Result<()> {
 /// calls, mean ms, rows per call, and the total.
 async fn print_statements(server: &Server, count: usize, limit: usize) -> anyhow::Result<()> {
     let mut admin = PgConnection::connect(&server.admin_url).await?;
-    let rows: Vec<(f64, f64, f64, f64, String)> = sqlx::query_as(
+    let rows: Vec<(f64, f64, f64, f64, f64, String)> = sqlx::query_as(
         "select s.calls::float8 / $1, s.mean_exec_time, s.rows::float8 / greatest(s.calls, 1),
-                s.total_exec_time / $1, regexp_replace(s.query, '\\s+', ' ', 'g')
+                s.total_exec_time / $1, s.total_plan_time / $1,
+                regexp_replace(s.query, '\\s+', ' ', 'g')
            from pg_stat_statements s join pg_database d on d.oid = s.dbid
           where d.datname = $2 order by s.calls desc",
     )
@@ -616,12 +622,13 @@ async fn print_statements(server: &Server, count: usize, limit: usize) -> anyhow
     .await?;
     let total: f64 = rows.iter().map(|r| r.0).sum();
     let exec: f64 = rows.iter().map(|r| r.3).sum();
+    let plan: f64 = rows.iter().map(|r| r.4).sum();
     eprintln!(
-        "e2e: statements per onboarding {total:.1} ({exec:.2} ms executing); the {limit} most frequent (calls/onb, mean ms, rows/call, ms/onb, query):"
+        "e2e: statements per onboarding {total:.1} ({exec:.2} ms executing, {plan:.2} ms planning when pg_stat_statements.track_planning is on); the {limit} most frequent (calls/onb, mean ms, rows/call, ms/onb executing, ms/onb planning, query):"
     );
-    for (calls, mean, rows, ms, query) in rows.iter().take(limit) {
+    for (calls, mean, rows, ms, plan, query) in rows.iter().take(limit) {
         let query: String = query.chars().take(160).collect();
-        eprintln!("  {calls:>6.2} {mean:>7.3} {rows:>6.2} {ms:>6.3}  {query}");
+        eprintln!("  {calls:>6.2} {mean:>7.3} {rows:>6.2} {ms:>6.3} {plan:>6.3}  {query}");
     }
     Ok(())
 }
@@ -647,10 +654,22 @@ pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
     let mut rss = Vec::new();
 
     let mut bursts = Vec::new();
+    let mut floors = Vec::new();
     for run in 1..=runs {
+        eprintln!(
+            "e2e: floor {run}/{runs}: pgbench onboarding.sql c={FLOOR_CLIENTS} T={FLOOR_SECONDS}s …"
+        );
+        floors.push(floor::onboarding(server, FLOOR_CLIENTS, FLOOR_SECONDS)?);
         eprintln!("e2e: burst {run}/{runs}: {burst_size} onboardings as signed webhooks …");
         bursts.push(burst(server, &binary, workers, burst_size, &mut rss).await?);
     }
+    eprintln!(
+        "e2e: floors {:?} onboardings/s, bursts {:?} onboardings/s",
+        floors.iter().map(|f| f.round()).collect::<Vec<_>>(),
+        bursts.iter().map(|b| b.rate.round()).collect::<Vec<_>>()
+    );
+    floors.sort_by(f64::total_cmp);
+    let floor_rate = floors[floors.len() / 2];
     bursts.sort_by(|a, b| a.rate.total_cmp(&b.rate));
     let median = &bursts[bursts.len() / 2];
 
@@ -687,18 +706,21 @@ pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
     );
 
     let burst_config = format!(
-        "{burst_size} onboardings, {BURST_CONCURRENCY} deliveries in flight, median of {runs}, {workers} worker(s), email cap lifted"
+        "{burst_size} onboardings, {BURST_CONCURRENCY} deliveries in flight, median of {runs}, {workers} worker(s), email cap lifted; floor: pgbench floor/e2e/onboarding.sql c={FLOOR_CLIENTS} T={FLOOR_SECONDS}s before each burst (median), SQL only"
     );
     let trickle_config =
         format!("{trickle_size} onboardings at 50/s, organization.created send → completed");
     let mut figures = vec![
-        figure(
-            "e2e_burst_rate",
-            median.rate,
-            "orgs/s",
-            burst_config,
-            ">= 500",
-        ),
+        Figure {
+            floor: Some(floor_rate),
+            ..figure(
+                "e2e_burst_rate",
+                median.rate,
+                "orgs/s",
+                burst_config,
+                ">= 500",
+            )
+        },
         figure(
             "e2e_burst_p50",
             median.p50,

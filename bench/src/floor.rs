@@ -150,6 +150,30 @@ pub fn drain(server: &Server, n: u32, clients: u32, seconds: u32) -> anyhow::Res
     Ok(done / f64::from(seconds))
 }
 
+/// The statements of the whole path's floor (`e2e/`): ours, not a `peers-bench` copy.
+fn onboarding_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("floor/e2e")
+}
+
+/// The whole path's floor: `e2e/onboarding.sql` (every row one onboarding writes, in the fewest
+/// statements and commits, with no HTTP and no provider calls) run by `clients` clients for
+/// `seconds` on a fresh `e2e/schema.sql`; onboardings/s, counted from the completed sagas.
+pub fn onboarding(server: &Server, clients: u32, seconds: u32) -> anyhow::Result<f64> {
+    let dir = onboarding_dir();
+    let db = "floor_e2e";
+    fresh_database(server, db)?;
+    psql_file(server, db, &dir.join("schema.sql"))?;
+    psql(server, db, "checkpoint")?;
+    pgbench(server, db, &dir.join("onboarding.sql"), clients, 1, seconds)?;
+    let done: f64 = psql(
+        server,
+        db,
+        "select count(*) from onboarding where state = 'completed'",
+    )?
+    .parse()?;
+    Ok(done / f64::from(seconds))
+}
+
 /// The enqueue floor: `insert1.sql` (one row per transaction) or `insert100.sql`; rows/s.
 pub fn insert(server: &Server, script: &str, clients: u32, seconds: u32) -> anyhow::Result<f64> {
     let dir = peers_bench().join("pgbench");
