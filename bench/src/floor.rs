@@ -76,8 +76,50 @@ pub(crate) fn pgbench_with(
     seconds: u32,
     define: &str,
 ) -> anyhow::Result<f64> {
+    run_pgbench(server, db, script, clients, seconds, define, None)
+}
+
+/// [`pgbench_with`] that also logs every transaction (`-l`) and returns, with the TPS, each
+/// transaction's latency in ms.
+pub(crate) fn pgbench_latencies(
+    server: &Server,
+    db: &str,
+    script: &std::path::Path,
+    clients: u32,
+    seconds: u32,
+    define: &str,
+) -> anyhow::Result<(f64, Vec<f64>)> {
+    let dir = std::env::temp_dir().join(format!("onboard-bench-pgbench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let prefix = dir.join("txn");
+    let tps = run_pgbench(server, db, script, clients, seconds, define, Some(&prefix));
+    // One log per pgbench thread: `<prefix>.<pid>[.<thread>]`, a line per transaction whose
+    // third field is its latency in µs.
+    let mut latencies = Vec::new();
+    for file in std::fs::read_dir(&dir)? {
+        let text = std::fs::read_to_string(file?.path())?;
+        latencies.extend(
+            text.lines()
+                .filter_map(|line| line.split_whitespace().nth(2)?.parse::<f64>().ok())
+                .map(|micros| micros / 1000.0),
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok((tps?, latencies))
+}
+
+fn run_pgbench(
+    server: &Server,
+    db: &str,
+    script: &std::path::Path,
+    clients: u32,
+    seconds: u32,
+    define: &str,
+    log_prefix: Option<&std::path::Path>,
+) -> anyhow::Result<f64> {
     let threads = clients.min(2);
-    let out = Command::new(server.bin_dir.join("pgbench"))
+    let mut command = Command::new(server.bin_dir.join("pgbench"));
+    command
         .args([
             "-n",
             "-M",
@@ -96,7 +138,11 @@ pub(crate) fn pgbench_with(
             &threads.to_string(),
             "-T",
             &seconds.to_string(),
-        ])
+        ]);
+    if let Some(prefix) = log_prefix {
+        command.arg("-l").arg("--log-prefix").arg(prefix);
+    }
+    let out = command
         .args(["-D", define, "-f"])
         .arg(script)
         .arg(db)

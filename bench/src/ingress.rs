@@ -57,6 +57,8 @@ struct Run {
     requests: usize,
     non_2xx: usize,
     latencies_ms: Vec<f64>,
+    /// The floor's p50, p90 and p99 when measured beside ours (empty otherwise).
+    floor_latencies_ms: Vec<f64>,
 }
 
 async fn replay(
@@ -84,6 +86,7 @@ async fn replay(
                 requests: 0,
                 non_2xx: 0,
                 latencies_ms: Vec::new(),
+                floor_latencies_ms: Vec::new(),
             };
             loop {
                 let now = Instant::now();
@@ -119,6 +122,7 @@ async fn replay(
         requests: 0,
         non_2xx: 0,
         latencies_ms: Vec::new(),
+        floor_latencies_ms: Vec::new(),
     };
     for task in tasks {
         let run = task.await?;
@@ -243,12 +247,13 @@ async fn fresh(server: &Server) -> anyhow::Result<sqlx::PgPool> {
 
 fn floor(server: &Server, concurrency: u32) -> anyhow::Result<f64> {
     let db = floor_database(server)?;
-    floor_slice(
+    let (rate, _) = floor_slice(
         server,
         &db,
         concurrency as usize,
         Duration::from_secs(SECONDS),
-    )
+    )?;
+    Ok(rate)
 }
 
 /// A fresh database with the floor's schema.
@@ -261,15 +266,16 @@ fn floor_database(server: &Server) -> anyhow::Result<String> {
 }
 
 /// pgbench running the one-round-trip floor on `db` for `length`; its rate.
+/// One slice of the floor: its rate, and its transactions' latencies in ms.
 fn floor_slice(
     server: &Server,
     db: &str,
     concurrency: usize,
     length: Duration,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, Vec<f64>)> {
     let payload = serde_json::to_string(&fixture()?)?;
     let script = peers_bench().join("ingress/pgbench/floor_1rt.sql");
-    crate::floor::pgbench_with(
+    crate::floor::pgbench_latencies(
         server,
         db,
         &script,
@@ -334,9 +340,16 @@ pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
             floor_slice(server, &floor_db, concurrency, WARMUP)?;
             let (mut floors, mut ours, mut p50s, mut p90s, mut p99s) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            // The floor's latency percentiles per slice: [p50s, p90s, p99s].
+            let mut floor_percentiles = [Vec::new(), Vec::new(), Vec::new()];
             let (mut requests, mut non_2xx) = (0, 0);
             for _ in 0..slices {
-                floors.push(floor_slice(server, &floor_db, concurrency, SLICE)?);
+                let (floor_rate, mut latencies) =
+                    floor_slice(server, &floor_db, concurrency, SLICE)?;
+                floors.push(floor_rate);
+                for (at, p) in [50.0, 90.0, 99.0].into_iter().enumerate() {
+                    floor_percentiles[at].push(percentile(&mut latencies, p));
+                }
                 request_file(&file, slice_requests, offset)?;
                 offset += 1_000_000;
                 let (url, path) = (url.clone(), file.clone());
@@ -361,6 +374,10 @@ pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
                 requests,
                 non_2xx,
                 latencies_ms: vec![median(&mut p50s), median(&mut p90s), median(&mut p99s)],
+                floor_latencies_ms: floor_percentiles
+                    .iter_mut()
+                    .map(|slices| median(slices))
+                    .collect(),
             };
             let cfg = format!(
                 "pgbench floor_1rt.sql c={concurrency}, {slices} slices of {}s alternating with ours (medians)",
@@ -424,8 +441,12 @@ pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
                     percentile(&mut run.latencies_ms, p)
                 },
                 unit: "ms",
-                floor: None,
-                floor_config: String::new(),
+                floor: run.floor_latencies_ms.get(i).copied(),
+                floor_config: if run.floor_latencies_ms.is_empty() {
+                    String::new()
+                } else {
+                    "the floor's slices (pgbench -l), median".into()
+                },
                 target: if concurrency == 64 && label == "p99" {
                     "≤10".into()
                 } else {
