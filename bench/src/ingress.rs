@@ -10,6 +10,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection};
 
 use crate::floor::peers_bench;
+use crate::machine::MachineUse;
 use crate::{Figure, Server};
 
 const SECONDS: u64 = 10;
@@ -265,7 +266,6 @@ fn floor_database(server: &Server) -> anyhow::Result<String> {
     Ok(db.to_owned())
 }
 
-/// pgbench running the one-round-trip floor on `db` for `length`; its rate.
 /// One slice of the floor: its rate, and its transactions' latencies in ms.
 fn floor_slice(
     server: &Server,
@@ -343,9 +343,14 @@ pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
             // The floor's latency percentiles per slice: [p50s, p90s, p99s].
             let mut floor_percentiles = [Vec::new(), Vec::new(), Vec::new()];
             let (mut requests, mut non_2xx) = (0, 0);
+            // What the machine did during each side's slices: [floor, ours].
+            let mut machine = [MachineUse::default(), MachineUse::default()];
+            let writes_before = running.state.writer().stats();
             for _ in 0..slices {
+                let before = MachineUse::now();
                 let (floor_rate, mut latencies) =
                     floor_slice(server, &floor_db, concurrency, SLICE)?;
+                machine[0].add(before, MachineUse::now(), floor_rate * SLICE.as_secs_f64());
                 floors.push(floor_rate);
                 for (at, p) in [50.0, 90.0, 99.0].into_iter().enumerate() {
                     floor_percentiles[at].push(percentile(&mut latencies, p));
@@ -353,10 +358,16 @@ pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
                 request_file(&file, slice_requests, offset)?;
                 offset += 1_000_000;
                 let (url, path) = (url.clone(), file.clone());
+                let before = MachineUse::now();
                 let summary = tokio::task::spawn_blocking(move || {
                     wrk(&url, concurrency, SLICE.as_secs(), &path)
                 })
                 .await??;
+                machine[1].add(
+                    before,
+                    MachineUse::now(),
+                    summary["requests"].as_f64().unwrap_or_default(),
+                );
                 anyhow::ensure!(
                     summary["wrapped"] == 0,
                     "wrk ran out of distinct deliveries: {summary}"
@@ -370,6 +381,17 @@ pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
             }
             let _ = std::fs::remove_file(&file);
             eprintln!("  floor slices {floors:.0?}, ours {ours:.0?}");
+            eprintln!(
+                "  machine during the floor's slices: {}; during ours: {}",
+                machine[0], machine[1]
+            );
+            let writes = running.state.writer().stats();
+            let batches = writes.batches - writes_before.batches;
+            eprintln!(
+                "  our writes: {} alone, {batches} batches of {:.1} deliveries on average",
+                writes.written_alone - writes_before.written_alone,
+                (writes.batched - writes_before.batched) as f64 / batches.max(1) as f64
+            );
             let run = Run {
                 requests,
                 non_2xx,

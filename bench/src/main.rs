@@ -8,6 +8,7 @@ mod dashboard;
 mod e2e;
 mod floor;
 mod ingress;
+mod machine;
 mod queue;
 mod saga;
 
