@@ -9,7 +9,7 @@
 --   Twilio and the welcome email: one transaction each holding the saga's row lock across the
 --   (absent) provider call (BEGIN, lock, record the step and enqueue the next job, COMMIT);
 --   the Clerk metadata job: the organization's status, job completed (one statement).
--- 18 statements and 10 commits per onboarding. A claim here names its job by id, so it skips
+-- 18 statements and 12 commits per onboarding. A claim here names its job by id, so it skips
 -- the queue's index search a real claim does: the floor is generous. (A space follows each colon
 -- of the payloads: pgbench reads `:name` as a variable.)
 \set n random(1, 9000000000000000000)
