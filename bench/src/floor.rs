@@ -16,20 +16,24 @@ pub fn peers_bench() -> PathBuf {
     )
 }
 
+/// `program` (psql, pgbench) of the server's PostgreSQL, connecting to it as `postgres`.
+fn client(server: &Server, program: &str) -> Command {
+    let mut command = Command::new(server.bin_dir.join(program));
+    command.args([
+        "-h",
+        &server.host,
+        "-p",
+        &server.port.to_string(),
+        "-U",
+        "postgres",
+    ]);
+    command
+}
+
 /// Runs psql on `db` with `args` (`-c SQL` or `-f FILE`); returns its trimmed output.
 fn run_psql(server: &Server, db: &str, args: &[&std::ffi::OsStr]) -> anyhow::Result<String> {
-    let out = Command::new(server.bin_dir.join("psql"))
-        .args([
-            "-qAt",
-            "-h",
-            &server.host,
-            "-p",
-            &server.port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            db,
-        ])
+    let out = client(server, "psql")
+        .args(["-qAt", "-d", db])
         .args(args)
         .output()
         .context("running psql")?;
@@ -55,111 +59,85 @@ pub(crate) fn fresh_database(server: &Server, db: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `pgbench -n -M prepared -c C -j min(C,2) -T T -D n=N -f script` and returns its TPS.
-fn pgbench(
-    server: &Server,
-    db: &str,
-    script: &std::path::Path,
-    clients: u32,
-    n: u32,
-    seconds: u32,
-) -> anyhow::Result<f64> {
-    pgbench_with(server, db, script, clients, seconds, &format!("n={n}"))
+/// One pgbench run: `pgbench -n -M prepared -c C -j min(C,2) -T T -D define -f script db`.
+pub(crate) struct Pgbench<'a> {
+    pub db: &'a str,
+    pub script: PathBuf,
+    pub clients: u32,
+    pub seconds: u32,
+    /// A `-D` variable, `name=value` (the scripts read `:n` or `:payload`).
+    pub define: String,
 }
 
-/// Runs `pgbench -n -M prepared -c C -j min(C,2) -T T -D define -f script`; returns its TPS.
-pub(crate) fn pgbench_with(
-    server: &Server,
-    db: &str,
-    script: &std::path::Path,
-    clients: u32,
-    seconds: u32,
-    define: &str,
-) -> anyhow::Result<f64> {
-    run_pgbench(server, db, script, clients, seconds, define, None)
-}
-
-/// [`pgbench_with`] that also logs every transaction (`-l`) and returns, with the TPS, each
-/// transaction's latency in ms.
-pub(crate) fn pgbench_latencies(
-    server: &Server,
-    db: &str,
-    script: &std::path::Path,
-    clients: u32,
-    seconds: u32,
-    define: &str,
-) -> anyhow::Result<(f64, Vec<f64>)> {
-    let dir = std::env::temp_dir().join(format!("onboard-bench-pgbench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let prefix = dir.join("txn");
-    let tps = run_pgbench(server, db, script, clients, seconds, define, Some(&prefix));
-    // One log per pgbench thread: `<prefix>.<pid>[.<thread>]`, a line per transaction whose
-    // third field is its latency in µs.
-    let mut latencies = Vec::new();
-    for file in std::fs::read_dir(&dir)? {
-        let text = std::fs::read_to_string(file?.path())?;
-        latencies.extend(
-            text.lines()
-                .filter_map(|line| line.split_whitespace().nth(2)?.parse::<f64>().ok())
-                .map(|micros| micros / 1000.0),
-        );
+impl Pgbench<'_> {
+    /// Runs it; its TPS.
+    fn tps(&self, server: &Server) -> anyhow::Result<f64> {
+        self.run(server, None)
     }
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok((tps?, latencies))
-}
 
-fn run_pgbench(
-    server: &Server,
-    db: &str,
-    script: &std::path::Path,
-    clients: u32,
-    seconds: u32,
-    define: &str,
-    log_prefix: Option<&std::path::Path>,
-) -> anyhow::Result<f64> {
-    let threads = clients.min(2);
-    let mut command = Command::new(server.bin_dir.join("pgbench"));
-    command
-        .args([
-            "-n",
-            "-M",
-            "prepared",
-            "-h",
-            &server.host,
-            "-p",
-            &server.port.to_string(),
-            "-U",
-            "postgres",
-        ])
-        .args([
+    /// Runs it logging every transaction (`-l`); its TPS and each transaction's latency in ms.
+    pub(crate) fn tps_and_latencies(&self, server: &Server) -> anyhow::Result<(f64, Vec<f64>)> {
+        let dir =
+            std::env::temp_dir().join(format!("onboard-bench-pgbench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let tps = self.run(server, Some(&dir.join("txn")));
+        // One log per pgbench thread: `<prefix>.<pid>[.<thread>]`, a line per transaction whose
+        // third field is its latency in µs.
+        let mut latencies = Vec::new();
+        for file in std::fs::read_dir(&dir)? {
+            let text = std::fs::read_to_string(file?.path())?;
+            latencies.extend(
+                text.lines()
+                    .filter_map(|line| line.split_whitespace().nth(2)?.parse::<f64>().ok())
+                    .map(|micros| micros / 1000.0),
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok((tps?, latencies))
+    }
+
+    fn run(&self, server: &Server, log_prefix: Option<&std::path::Path>) -> anyhow::Result<f64> {
+        let threads = self.clients.min(2);
+        let mut command = client(server, "pgbench");
+        command.args(["-n", "-M", "prepared"]).args([
             "-c",
-            &clients.to_string(),
+            &self.clients.to_string(),
             "-j",
             &threads.to_string(),
             "-T",
-            &seconds.to_string(),
+            &self.seconds.to_string(),
         ]);
-    if let Some(prefix) = log_prefix {
-        command.arg("-l").arg("--log-prefix").arg(prefix);
+        if let Some(prefix) = log_prefix {
+            command.arg("-l").arg("--log-prefix").arg(prefix);
+        }
+        let out = command
+            .args(["-D", &self.define, "-f"])
+            .arg(&self.script)
+            .arg(self.db)
+            .output()
+            .context("running pgbench")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let tps = text
+            .lines()
+            .find_map(|l| l.strip_prefix("tps = "))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok());
+        match tps {
+            Some(tps) if out.status.success() => Ok(tps),
+            _ => bail!(
+                "pgbench failed: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
     }
-    let out = command
-        .args(["-D", define, "-f"])
-        .arg(script)
-        .arg(db)
-        .output()
-        .context("running pgbench")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let tps = text
-        .lines()
-        .find_map(|l| l.strip_prefix("tps = "))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|v| v.parse::<f64>().ok());
-    match tps {
-        Some(tps) if out.status.success() => Ok(tps),
-        _ => bail!(
-            "pgbench failed: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        ),
+
+    /// Checkpoints `db` (set up before), runs it, and returns the rows `count` counts
+    /// afterwards, per second.
+    fn rows_per_second(&self, server: &Server, count: &str) -> anyhow::Result<f64> {
+        psql(server, self.db, "checkpoint")?;
+        self.tps(server)?;
+        let rows: f64 = psql(server, self.db, count)?.parse()?;
+        Ok(rows / f64::from(self.seconds))
     }
 }
 
@@ -185,15 +163,17 @@ pub fn drain(server: &Server, n: u32, clients: u32, seconds: u32) -> anyhow::Res
         ),
     )?;
     psql(server, db, "vacuum analyze jobs")?;
-    psql(server, db, "checkpoint")?;
-    pgbench(server, db, &dir.join("deq_update.sql"), clients, n, seconds)?;
-    let done: f64 = psql(
-        server,
+    Pgbench {
         db,
+        script: dir.join("deq_update.sql"),
+        clients,
+        seconds,
+        define: format!("n={n}"),
+    }
+    .rows_per_second(
+        server,
         "select count(*) from jobs where state = 'completed'",
-    )?
-    .parse()?;
-    Ok(done / f64::from(seconds))
+    )
 }
 
 /// The statements of the whole path's floor (`e2e/`): ours, not a `peers-bench` copy.
@@ -209,15 +189,17 @@ pub fn onboarding(server: &Server, clients: u32, seconds: u32) -> anyhow::Result
     let db = "floor_e2e";
     fresh_database(server, db)?;
     psql_file(server, db, &dir.join("schema.sql"))?;
-    psql(server, db, "checkpoint")?;
-    pgbench(server, db, &dir.join("onboarding.sql"), clients, 1, seconds)?;
-    let done: f64 = psql(
-        server,
+    Pgbench {
         db,
+        script: dir.join("onboarding.sql"),
+        clients,
+        seconds,
+        define: "n=1".into(),
+    }
+    .rows_per_second(
+        server,
         "select count(*) from onboarding where state = 'completed'",
-    )?
-    .parse()?;
-    Ok(done / f64::from(seconds))
+    )
 }
 
 /// The enqueue floor: `insert1.sql` (one row per transaction) or `insert100.sql`; rows/s.
@@ -226,15 +208,12 @@ pub fn insert(server: &Server, script: &str, clients: u32, seconds: u32) -> anyh
     let db = "floor_insert";
     fresh_database(server, db)?;
     psql_file(server, db, &dir.join("schema.sql"))?;
-    psql(server, db, "checkpoint")?;
-    pgbench(
-        server,
+    Pgbench {
         db,
-        &dir.join(format!("{script}.sql")),
+        script: dir.join(format!("{script}.sql")),
         clients,
-        1,
         seconds,
-    )?;
-    let rows: f64 = psql(server, db, "select count(*) from jobs")?.parse()?;
-    Ok(rows / f64::from(seconds))
+        define: "n=1".into(),
+    }
+    .rows_per_second(server, "select count(*) from jobs")
 }

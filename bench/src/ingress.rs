@@ -275,14 +275,14 @@ fn floor_slice(
 ) -> anyhow::Result<(f64, Vec<f64>)> {
     let payload = serde_json::to_string(&fixture()?)?;
     let script = peers_bench().join("ingress/pgbench/floor_1rt.sql");
-    crate::floor::pgbench_latencies(
-        server,
+    crate::floor::Pgbench {
         db,
-        &script,
-        concurrency as u32,
-        length.as_secs() as u32,
-        &format!("payload={payload}"),
-    )
+        script,
+        clients: concurrency as u32,
+        seconds: length.as_secs() as u32,
+        define: format!("payload={payload}"),
+    }
+    .tps_and_latencies(server)
 }
 
 /// Alternating slices per concurrency (`BENCH_SLICES`, default 5).
