@@ -71,7 +71,7 @@ pub(crate) struct Pgbench<'a> {
 
 impl Pgbench<'_> {
     /// Runs it; its TPS.
-    fn tps(&self, server: &Server) -> anyhow::Result<f64> {
+    pub(crate) fn tps(&self, server: &Server) -> anyhow::Result<f64> {
         self.run(server, None)
     }
 

@@ -9,7 +9,7 @@ use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection};
 
-use crate::floor::peers_bench;
+use crate::floor::{Pgbench, peers_bench};
 use crate::machine::MachineUse;
 use crate::{Figure, Server};
 
@@ -248,13 +248,7 @@ async fn fresh(server: &Server) -> anyhow::Result<sqlx::PgPool> {
 
 fn floor(server: &Server, concurrency: u32) -> anyhow::Result<f64> {
     let db = floor_database(server)?;
-    let (rate, _) = floor_slice(
-        server,
-        &db,
-        concurrency as usize,
-        Duration::from_secs(SECONDS),
-    )?;
-    Ok(rate)
+    floor_run(&db, concurrency as usize, Duration::from_secs(SECONDS))?.tps(server)
 }
 
 /// A fresh database with the floor's schema.
@@ -266,23 +260,16 @@ fn floor_database(server: &Server) -> anyhow::Result<String> {
     Ok(db.to_owned())
 }
 
-/// One slice of the floor: its rate, and its transactions' latencies in ms.
-fn floor_slice(
-    server: &Server,
-    db: &str,
-    concurrency: usize,
-    length: Duration,
-) -> anyhow::Result<(f64, Vec<f64>)> {
+/// The one-round-trip floor on `db` at `concurrency` for `length`, to run.
+fn floor_run(db: &str, concurrency: usize, length: Duration) -> anyhow::Result<Pgbench<'_>> {
     let payload = serde_json::to_string(&fixture()?)?;
-    let script = peers_bench().join("ingress/pgbench/floor_1rt.sql");
-    crate::floor::Pgbench {
+    Ok(Pgbench {
         db,
-        script,
+        script: peers_bench().join("ingress/pgbench/floor_1rt.sql"),
         clients: concurrency as u32,
         seconds: length.as_secs() as u32,
         define: format!("payload={payload}"),
-    }
-    .tps_and_latencies(server)
+    })
 }
 
 /// Alternating slices per concurrency (`BENCH_SLICES`, default 5).
@@ -337,7 +324,7 @@ pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
                 wrk(&warm_url, concurrency, WARMUP.as_secs(), &path)
             })
             .await??;
-            floor_slice(server, &floor_db, concurrency, WARMUP)?;
+            floor_run(&floor_db, concurrency, WARMUP)?.tps(server)?;
             let (mut floors, mut ours, mut p50s, mut p90s, mut p99s) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
             // The floor's latency percentiles per slice: [p50s, p90s, p99s].
@@ -349,7 +336,7 @@ pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
             for _ in 0..slices {
                 let before = MachineUse::now();
                 let (floor_rate, mut latencies) =
-                    floor_slice(server, &floor_db, concurrency, SLICE)?;
+                    floor_run(&floor_db, concurrency, SLICE)?.tps_and_latencies(server)?;
                 machine[0].add(before, MachineUse::now(), floor_rate * SLICE.as_secs_f64());
                 floors.push(floor_rate);
                 for (at, p) in [50.0, 90.0, 99.0].into_iter().enumerate() {

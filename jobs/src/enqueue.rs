@@ -191,25 +191,14 @@ pub async fn hold(conn: &mut PgConnection, id: i64, attempt: i32) -> Result<bool
     Ok(held.is_some())
 }
 
-/// [`holds`]'s check as a boolean expression, its two parameters (job id, attempt) numbered
-/// from `$first`, for a statement that reads other things in the same round trip.
+/// Whether an attempt still holds its running job (no lock taken), as a boolean expression
+/// whose two parameters (job id, attempt) are numbered from `$first`, for a statement that
+/// reads other things in the same round trip.
 pub fn holds_sql(first: usize) -> String {
     let (id, attempt) = (first, first + 1);
     format!(
         "exists (select 1 from onboard.job where id = ${id} and attempt = ${attempt} and state = 'running')"
     )
-}
-
-static HOLDS: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| format!("select {}", holds_sql(1)));
-
-/// True while attempt `attempt` still holds running job `id` (no lock taken).
-pub async fn holds(conn: &mut PgConnection, id: i64, attempt: i32) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(HOLDS.as_str())
-        .bind(id)
-        .bind(attempt)
-        .fetch_one(conn)
-        .await
 }
 
 /// Discards a running job inside the caller's transaction, fenced by its attempt, recording

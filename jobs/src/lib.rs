@@ -18,7 +18,7 @@ pub mod sampler;
 pub mod wait;
 
 pub use backend::{PgBackend, QueueConfig};
-pub use enqueue::{Enqueued, complete, discard, enqueue, enqueue_many, hold, holds};
+pub use enqueue::{Enqueued, complete, discard, enqueue, enqueue_many, hold};
 pub use error::JobError;
 pub use job::{AnyJob, Cancellation, JobArgs, JobContext, JobKind, JobState, NewJob};
 pub use policy::{KindOptions, Kinds, RetryPolicy};

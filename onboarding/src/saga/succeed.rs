@@ -136,7 +136,8 @@ pub async fn steps_succeeded(
     Ok(held)
 }
 
-/// `jobs::holds`'s check ($1 job, $2 attempt) and the step's output ($3 saga, $4 step).
+/// Whether the attempt holds its job (`jobs::enqueue::holds_sql`: $1 job, $2 attempt) and the
+/// step's output ($3 saga, $4 step).
 static ATTEMPT_HOLDS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "select {}, (select output from onboard.onboarding_step where onboarding_id = $3 and name = $4)",

@@ -148,6 +148,33 @@ async fn get(client: &reqwest::Client, url: &str) -> Option<(u16, String)> {
     Some((response.status().as_u16(), response.text().await.ok()?))
 }
 
+/// A [`Process`] serving on its own task until [`Running::stop`].
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    fn start(process: Process) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(process.run(async move {
+            let _ = stopped.await;
+        }));
+        Running { stop, task }
+    }
+
+    /// Asks it to stop and waits, 30 s at most, for it to end without an error (`what` names
+    /// that expectation).
+    async fn stop(self, what: &str) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect(what)
+            .unwrap()
+            .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn a_worker_started_before_its_database_becomes_ready_once_the_database_is_up() {
     let port = free_port();
@@ -169,10 +196,7 @@ async fn a_worker_started_before_its_database_becomes_ready_once_the_database_is
         .await
         .unwrap();
     let readyz = format!("http://{}/readyz", process.internal_addr());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(process.run(async move {
-        let _ = stopped.await;
-    }));
+    let running = Running::start(process);
     let client = reqwest::Client::new();
 
     let (status, body) = wait_for("the internal listener", Duration::from_secs(30), || {
@@ -182,7 +206,7 @@ async fn a_worker_started_before_its_database_becomes_ready_once_the_database_is
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("\"unavailable\""), "{body}");
     assert!(
-        !running.is_finished(),
+        !running.task.is_finished(),
         "the worker gave up instead of waiting"
     );
 
@@ -209,12 +233,7 @@ async fn a_worker_started_before_its_database_becomes_ready_once_the_database_is
         },
     )
     .await;
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(30), running)
-        .await
-        .expect("the worker stops")
-        .unwrap()
-        .unwrap();
+    running.stop("the worker stops").await;
     drop(cluster);
 }
 
@@ -307,10 +326,7 @@ async fn a_worker_configuring_its_queues_while_the_database_is_gone_stops_when_a
     let process = Process::bind(&database, "127.0.0.1:0".parse().unwrap(), roles)
         .await
         .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(process.run(async move {
-        let _ = stopped.await;
-    }));
+    let running = Running::start(process);
     // Past readiness, the worker's connections are reset and configuring is retried.
     wait_for(
         "the worker to retry configuring its queues",
@@ -318,14 +334,14 @@ async fn a_worker_configuring_its_queues_while_the_database_is_gone_stops_when_a
         || async { (reset.load(Ordering::SeqCst) >= 2).then_some(()) },
     )
     .await;
-    assert!(!running.is_finished(), "the worker waits for its database");
+    assert!(
+        !running.task.is_finished(),
+        "the worker waits for its database"
+    );
 
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(30), running)
-        .await
-        .expect("the worker stops while its database is still gone")
-        .unwrap()
-        .unwrap();
+    running
+        .stop("the worker stops while its database is still gone")
+        .await;
 }
 
 /// The value of every series named `name` whose labels include each of `labels`, summed.
@@ -371,10 +387,7 @@ async fn onboard_worker_alone_serves_job_and_provider_counters_on_its_internal_l
     .await
     .unwrap();
     let internal = format!("http://{}", process.internal_addr());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(process.run(async move {
-        let _ = stopped.await;
-    }));
+    let running = Running::start(process);
     let client = reqwest::Client::new();
     let metrics = || async {
         get(&client, &format!("{internal}/metrics"))
@@ -446,11 +459,6 @@ async fn onboard_worker_alone_serves_job_and_provider_counters_on_its_internal_l
     .await;
     assert!(after.contains("onboard_leases_reaped_total"), "{after}");
 
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(30), running)
-        .await
-        .expect("the worker stops")
-        .unwrap()
-        .unwrap();
+    running.stop("the worker stops").await;
     stack.stop().await;
 }
