@@ -17,6 +17,13 @@ pub struct Enqueued {
 /// [`enqueue`]'s insert, its eight parameters numbered from `$first` (kind, queue, args,
 /// priority, run_at, max_attempts, unique_key, unique_completed), for a statement that enqueues
 /// in one of its data-modifying CTEs. A taken unique key inserts nothing; `returning id`.
+///
+/// The insert wakes its queue's workers itself: its one row is drawn from
+/// `pg_notify('onboard_job', queue)`, which PostgreSQL delivers at commit (and drops on
+/// rollback). Every enqueueing statement of ours notifies in the statement, not through a
+/// trigger: a statement-level AFTER trigger cost 25–40 µs per insert, a third of a single
+/// enqueue's execution. An insert that does not notify (a raw `insert`, the ingress's, which
+/// wakes through [`crate::notify::Coalescer`]) is found by the workers' next poll.
 pub fn insert_sql(first: usize) -> String {
     let [
         kind,
@@ -30,8 +37,9 @@ pub fn insert_sql(first: usize) -> String {
     ] = std::array::from_fn(|n| format!("${}", first + n));
     format!(
         "insert into onboard.job (kind, queue, args, priority, run_at, max_attempts, unique_key, unique_completed, state)
-values ({kind}, {queue}, {args}, {priority}, coalesce({run_at}, now()), {max_attempts}, {unique_key}, {unique_completed},
-        case when {run_at} > now() then 'scheduled' else 'available' end::onboard.job_state)
+select {kind}, {queue}, {args}, {priority}, coalesce({run_at}, now()), {max_attempts}, {unique_key}, {unique_completed},
+       case when {run_at} > now() then 'scheduled' else 'available' end::onboard.job_state
+  from pg_notify('onboard_job', {queue})
 on conflict (unique_key) where unique_key is not null
     and (state in ('available', 'scheduled', 'running', 'retryable')
          or (unique_completed and state = 'completed'))
@@ -119,6 +127,8 @@ select kind, queue, args, priority, coalesce(run_at, now()), max_attempts, uniqu
   from unnest($1::text[], $2::text[], $3::jsonb[], $4::smallint[], $5::timestamptz[], $6::int[],
               $7::text[], $8::bool[])
        as t(kind, queue, args, priority, run_at, max_attempts, unique_key, unique_completed)
+ -- One NOTIFY per distinct queue, once per statement (an uncorrelated subquery: a one-time filter).
+ where (select count(*) from (select distinct q from unnest($2::text[]) q) d, pg_notify('onboard_job', d.q)) >= 0
 on conflict (unique_key) where unique_key is not null
     and (state in ('available', 'scheduled', 'running', 'retryable')
          or (unique_completed and state = 'completed'))

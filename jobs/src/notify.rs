@@ -1,16 +1,15 @@
 //! Coalesced wake-ups for a high-rate producer (DESIGN.md §3, *Wake-ups*: notify sparingly).
 //!
-//! Enqueues normally wake the workers through the `onboard.job_notify()` trigger: one
-//! `NOTIFY onboard_job, '<queue>'` per enqueueing statement. That is cheap for one transaction
+//! Enqueues normally wake the workers from their own statement ([`crate::enqueue::insert_sql`]):
+//! one `NOTIFY onboard_job, '<queue>'` per enqueueing statement. That is cheap for one transaction
 //! but not for many: PostgreSQL serialises the commits of notifying transactions with a
 //! cluster-wide lock that is held through the commit's WAL flush, so notifying commits cannot
 //! share a flush (no group commit). Measured on a 2-core box, a one-statement
 //! "row + job" producer reaches ~11.6k commits/s at 16 clients without the NOTIFY and ~3.4k with
 //! it.
 //!
-//! A producer that enqueues at a high rate (a receiver of events, say) therefore turns the trigger's NOTIFY
-//! off for its own statements (`set_config('onboard.notify', 'off', true)` in the same
-//! statement) and, once its transaction has committed, [`Coalescer::note`]s
+//! A producer that enqueues at a high rate (a receiver of events, say) therefore inserts its
+//! jobs without a NOTIFY and, once its transaction has committed, [`Coalescer::note`]s
 //! the queue instead. The coalescer's background task sends the noted queues in ONE
 //! statement of its own, at most once per queue per `every` (5 ms by default): one notifying
 //! commit per round instead of one per request, while a lone enqueue still wakes the workers
@@ -126,7 +125,7 @@ impl Coalescer {
     }
 
     /// Asks for a NOTIFY of `queue`: call it after the transaction that enqueued on `queue`
-    /// (with the trigger's NOTIFY turned off) has committed. Cheap and never blocks on I/O: it
+    /// (without a NOTIFY of its own) has committed. Cheap and never blocks on I/O: it
     /// adds the queue to a small set and, if the set was empty, wakes the task.
     pub fn note(&self, queue: &str) {
         let wake = self.shared.pending().note(queue);

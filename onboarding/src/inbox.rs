@@ -2,8 +2,8 @@
 //! gets its job (DESIGN.md §5) in the same statement. Signed deliveries that are not Clerk
 //! envelopes go to `rejected_delivery` instead.
 //!
-//! The statement turns off the job trigger's NOTIFY for itself: the ingress commits thousands
-//! of these a second, and notifying commits are serialised by a cluster-wide lock. The caller
+//! The statement does not NOTIFY (unlike `jobs::enqueue`'s): the ingress commits thousands of
+//! these a second, and notifying commits are serialised by a cluster-wide lock. The caller
 //! wakes the queue after the commit through a [`jobs::notify::Coalescer`] instead (see
 //! [`Received::queue_to_wake`]).
 
@@ -228,8 +228,8 @@ pub struct Received {
 }
 
 impl Received {
-    /// The queue the caller must wake once its transaction has committed: [`receive`] turns
-    /// the trigger's NOTIFY off, so a new job is found at once only after a
+    /// The queue the caller must wake once its transaction has committed: [`receive`] does not
+    /// NOTIFY, so a new job is found at once only after a
     /// [`jobs::notify::Coalescer::note`] of this queue (else by the workers' fallback poll).
     pub fn queue_to_wake(&self) -> Option<&'static str> {
         self.job_id.map(|_| QUEUE)
@@ -247,17 +247,11 @@ pub enum ReceiveError {
     Database(#[from] sqlx::Error),
 }
 
-// One statement, one round trip: the job exists only if the inbox row is new. `quiet` turns the
-// job trigger's NOTIFY off for this statement (the setting is transaction-local and the
-// trigger consumes it); the inbox insert draws its one row from `quiet`, so the setting is in
-// place before any job row exists and long before the statement-level AFTER trigger fires.
+// One statement, one round trip: the job exists only if the inbox row is new. No NOTIFY.
 const RECEIVE: &str = "
-with quiet as materialized (
-    select set_config('onboard.notify', 'off', true)
-),
-inbox_row as (
+with inbox_row as (
     insert into onboard.inbox (svix_id, event_type, payload, svix_timestamp, svix_signature, ignored)
-    select $1::text, $2::text, $3::text::jsonb, $4::bigint, $5::text, $6::text is null from quiet
+    select $1::text, $2::text, $3::text::jsonb, $4::bigint, $5::text, $6::text is null
     on conflict (svix_id) do nothing
     returning id
 ),
@@ -407,12 +401,9 @@ impl OwnedEntry {
 
 // Many deliveries in ONE statement (one round trip, one commit). Rows are inserted in svix-id
 // order so two concurrent batches lock shared ids in the same order (no deadlock); a svix-id
-// twice in one batch is stored once.
+// twice in one batch is stored once. No NOTIFY.
 const RECEIVE_MANY: &str = "
-with quiet as materialized (
-    select set_config('onboard.notify', 'off', true)
-),
-batch as (
+with batch as (
     select distinct on (svix_id) svix_id, event_type, payload, svix_timestamp, svix_signature, kind
       from unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[])
            with ordinality as b(svix_id, event_type, payload, svix_timestamp, svix_signature, kind, n)
@@ -421,7 +412,7 @@ batch as (
 inbox_rows as (
     insert into onboard.inbox (svix_id, event_type, payload, svix_timestamp, svix_signature, ignored)
     select svix_id, event_type, payload::jsonb, svix_timestamp, svix_signature, kind is null
-      from batch, quiet
+      from batch
      order by svix_id
     on conflict (svix_id) do nothing
     returning id, svix_id
@@ -631,17 +622,6 @@ mod tests {
         };
         assert_eq!(received(Some(7)).queue_to_wake(), Some(QUEUE));
         assert_eq!(received(None).queue_to_wake(), None);
-    }
-
-    #[test]
-    fn the_receive_statement_silences_the_trigger_before_its_inserts() {
-        let quiet = RECEIVE
-            .find("set_config('onboard.notify', 'off', true)")
-            .unwrap();
-        let inbox = RECEIVE.find("insert into onboard.inbox").unwrap();
-        let job = RECEIVE.find("insert into onboard.job").unwrap();
-        assert!(quiet < inbox && inbox < job);
-        assert!(RECEIVE.contains("from quiet"));
     }
 
     #[test]

@@ -69,15 +69,15 @@ first_job as (
     insert into onboard.job (kind, queue, args, max_attempts, unique_key)
     select $5, $6, jsonb_build_object('onboarding_id', saga.id, 'run', 1), $7,
            'onboarding:' || saga.id || ':' || $8::text
-      from saga
+      from saga, pg_notify('onboard_job', $6)
      where $10::bool
     returning id
 )
 select saga.id, (select id from first_job) from saga"
 );
 
-/// [`START`] for a caller that runs the first steps itself: no job insert (whose statement
-/// trigger would fire for nothing). Same parameters; $5–$8 and $10 are unused.
+/// [`START`] for a caller that runs the first steps itself: no job insert and no NOTIFY. Same
+/// parameters; $5–$8 and $10 are unused.
 const START_FOR_CALLER: &str = start_sql!("\nselect saga.id, null::bigint from saga");
 
 const FIND_ID: &str = "select id from onboard.onboarding where clerk_org_id = $1";

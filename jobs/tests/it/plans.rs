@@ -16,10 +16,6 @@ fn assert_no_seq_scan_on_job(what: &str, plan: &[String]) {
 async fn fetch_and_ack_plans_are_index_scans_with_a_million_finished_rows() {
     let db = fresh_db().await;
     let mut conn = db.pool.acquire().await.unwrap();
-    sqlx::query("alter table onboard.job disable trigger job_notify")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
     sqlx::query(
         "insert into onboard.job (kind, state, attempt, finalized_at)
          select 'done', 'completed', 1, now() - (n % 1000) * interval '1 second' from generate_series(1, 1000000) n",
@@ -96,10 +92,6 @@ fn scan_buffers(node: &serde_json::Value) -> i64 {
 async fn fetch_is_a_range_scan_bounded_by_run_at_with_a_million_future_jobs() {
     let db = fresh_db().await;
     let mut conn = db.pool.acquire().await.unwrap();
-    sqlx::query("alter table onboard.job disable trigger job_notify")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
     // A large backlog of jobs waiting on time, and fewer due jobs than the batch limit.
     sqlx::query(
         "insert into onboard.job (kind, state, attempt, run_at)

@@ -284,19 +284,73 @@ async fn handler_that_completes_its_job_in_its_own_transaction_makes_the_ack_a_n
     assert_eq!(errors, 0);
 }
 
+/// The next notification on `listener`, within [`DEADLINE`].
+async fn next_notification(listener: &mut sqlx::postgres::PgListener) -> String {
+    tokio::time::timeout(DEADLINE, listener.recv())
+        .await
+        .expect("a notification in time")
+        .expect("the listener's connection")
+        .payload()
+        .to_owned()
+}
+
+/// A marker notification in a transaction of its own: notifications arrive in commit order, so
+/// a listener that receives the marker next received nothing committed before it.
+async fn marker(pool: &sqlx::PgPool, payload: &str) {
+    sqlx::query("select pg_notify('onboard_job', $1)")
+        .bind(payload)
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn enqueues_wake_each_queue_once_at_commit_and_a_rollback_wakes_nothing() {
+    use sqlx::Connection;
+    let db = fresh_db().await;
+    let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
+    listener.listen("onboard_job").await.unwrap();
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+
+    enqueue(&mut conn, &NewJob::new("one", json!({})).queue("single"))
+        .await
+        .unwrap();
+    assert_eq!(next_notification(&mut listener).await, "single");
+
+    let mut tx = conn.begin().await.unwrap();
+    enqueue(&mut tx, &NewJob::new("gone", json!({})).queue("rolled-back"))
+        .await
+        .unwrap();
+    jobs::enqueue_many(&mut tx, &[NewJob::new("gone", json!({})).queue("rolled-back")])
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    marker(&db.pool, "marker-1").await;
+    assert_eq!(next_notification(&mut listener).await, "marker-1");
+
+    let many = ["a", "b", "a", "a"].map(|q| NewJob::new("many", json!({})).queue(q));
+    jobs::enqueue_many(&mut conn, &many).await.unwrap();
+    let mut woken = [
+        next_notification(&mut listener).await,
+        next_notification(&mut listener).await,
+    ];
+    woken.sort();
+    assert_eq!(woken, ["a", "b"]);
+    marker(&db.pool, "marker-2").await;
+    assert_eq!(next_notification(&mut listener).await, "marker-2");
+}
+
 #[tokio::test]
 async fn scheduled_job_without_notify_is_picked_up_by_the_timer() {
     let db = fresh_db().await;
-    sqlx::query("alter table onboard.job disable trigger job_notify")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    let id = add(
-        &db,
-        NewJob::new("later", json!({}))
-            .run_at(chrono::Utc::now() + chrono::Duration::milliseconds(1500)),
+    // A raw insert: no NOTIFY (only our enqueue statements send one).
+    let id: i64 = sqlx::query_scalar(
+        "insert into onboard.job (kind, state, run_at)
+         values ('later', 'scheduled', now() + interval '1500 milliseconds') returning id",
     )
-    .await;
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     assert_eq!(job_state(&db.pool, id).await, "scheduled");
     // The fallback poll is an hour away: only the run_at timer can start the job.
     let mut config = QueueConfig::new("default");

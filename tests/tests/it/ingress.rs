@@ -1726,7 +1726,7 @@ fn entry<'a>(
 }
 
 #[tokio::test]
-async fn the_inbox_statement_sends_no_notify_and_later_statements_of_its_transaction_do() {
+async fn the_inbox_statement_sends_no_notify_and_an_enqueue_in_its_transaction_does() {
     use onboarding::SvixId;
     use onboarding::inbox::{ClerkEnvelope, receive};
     let db = fresh_db().await;
@@ -1748,7 +1748,7 @@ async fn the_inbox_statement_sends_no_notify_and_later_statements_of_its_transac
     marker(&db.pool, "marker-1").await;
     assert_eq!(next_notification(&mut listener).await, "marker-1");
 
-    // The setting does not outlive its transaction: the same session's next enqueue notifies.
+    // The same session's next enqueue notifies.
     jobs::enqueue(
         &mut conn,
         &jobs::NewJob::new("t.a", json!({})).queue("after"),
@@ -1757,8 +1757,8 @@ async fn the_inbox_statement_sends_no_notify_and_later_statements_of_its_transac
     .unwrap();
     assert_eq!(next_notification(&mut listener).await, "after");
 
-    // Nor the statement: in one transaction, receives (new, duplicate, ignored) then an
-    // enqueue: only the enqueue notifies.
+    // In one transaction, receives (new, duplicate, ignored) then an enqueue: only the enqueue
+    // notifies.
     for (svix_id, body, envelope) in [
         ("msg_quiet_2", &routed, &routed_envelope),
         ("msg_quiet_2", &routed, &routed_envelope),
@@ -1790,18 +1790,38 @@ async fn the_inbox_statement_sends_no_notify_and_later_statements_of_its_transac
         .await,
         2
     );
+}
 
-    // Without the setting the trigger notifies as before.
+#[tokio::test]
+async fn a_new_saga_wakes_its_first_steps_queue_and_a_rolled_back_one_wakes_nothing() {
+    use onboarding::{ClerkOrgId, Creator, OnboardingRequest, Source, start};
+    let db = fresh_db().await;
+    let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
+    listener.listen("onboard_job").await.unwrap();
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let request = |org: &str| OnboardingRequest {
+        org_id: ClerkOrgId::parse(org).unwrap(),
+        name: Some("Acme".into()),
+        slug: Some("acme".into()),
+        creator: Creator::default(),
+        source: Source::Api,
+    };
+
     let mut tx = conn.begin().await.unwrap();
-    sqlx::query("select set_config('onboard.notify', 'on', true)")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    jobs::enqueue(&mut tx, &jobs::NewJob::new("t.c", json!({})).queue("on"))
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    assert_eq!(next_notification(&mut listener).await, "on");
+    start(&mut tx, &request("org_wake_rolled_back")).await.unwrap();
+    tx.rollback().await.unwrap();
+    marker(&db.pool, "marker").await;
+    assert_eq!(next_notification(&mut listener).await, "marker");
+
+    let started = start(&mut conn, &request("org_wake")).await.unwrap();
+    let queue: String = sqlx::query_scalar(
+        "select queue from onboard.job where args->>'onboarding_id' = $1::text",
+    )
+    .bind(started.onboarding_id.to_string())
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(next_notification(&mut listener).await, queue);
 }
 
 #[tokio::test]
