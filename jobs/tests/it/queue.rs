@@ -318,12 +318,18 @@ async fn enqueues_wake_each_queue_once_at_commit_and_a_rollback_wakes_nothing() 
     assert_eq!(next_notification(&mut listener).await, "single");
 
     let mut tx = conn.begin().await.unwrap();
-    enqueue(&mut tx, &NewJob::new("gone", json!({})).queue("rolled-back"))
-        .await
-        .unwrap();
-    jobs::enqueue_many(&mut tx, &[NewJob::new("gone", json!({})).queue("rolled-back")])
-        .await
-        .unwrap();
+    enqueue(
+        &mut tx,
+        &NewJob::new("gone", json!({})).queue("rolled-back"),
+    )
+    .await
+    .unwrap();
+    jobs::enqueue_many(
+        &mut tx,
+        &[NewJob::new("gone", json!({})).queue("rolled-back")],
+    )
+    .await
+    .unwrap();
     tx.rollback().await.unwrap();
     marker(&db.pool, "marker-1").await;
     assert_eq!(next_notification(&mut listener).await, "marker-1");

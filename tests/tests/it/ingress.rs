@@ -1808,19 +1808,20 @@ async fn a_new_saga_wakes_its_first_steps_queue_and_a_rolled_back_one_wakes_noth
     };
 
     let mut tx = conn.begin().await.unwrap();
-    start(&mut tx, &request("org_wake_rolled_back")).await.unwrap();
+    start(&mut tx, &request("org_wake_rolled_back"))
+        .await
+        .unwrap();
     tx.rollback().await.unwrap();
     marker(&db.pool, "marker").await;
     assert_eq!(next_notification(&mut listener).await, "marker");
 
     let started = start(&mut conn, &request("org_wake")).await.unwrap();
-    let queue: String = sqlx::query_scalar(
-        "select queue from onboard.job where args->>'onboarding_id' = $1::text",
-    )
-    .bind(started.onboarding_id.to_string())
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    let queue: String =
+        sqlx::query_scalar("select queue from onboard.job where args->>'onboarding_id' = $1::text")
+            .bind(started.onboarding_id.to_string())
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(next_notification(&mut listener).await, queue);
 }
 
