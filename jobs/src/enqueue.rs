@@ -20,10 +20,8 @@ pub struct Enqueued {
 ///
 /// The insert wakes its queue's workers itself: its one row is drawn from
 /// `pg_notify('onboard_job', queue)`, which PostgreSQL delivers at commit (and drops on
-/// rollback). Every enqueueing statement of ours notifies in the statement, not through a
-/// trigger: a statement-level AFTER trigger cost 25–40 µs per insert, a third of a single
-/// enqueue's execution. An insert that does not notify (a raw `insert`, the ingress's, which
-/// wakes through [`crate::notify::Coalescer`]) is found by the workers' next poll.
+/// rollback). An insert that does not notify (a raw `insert`; the ingress's, which wakes
+/// through [`crate::notify::Coalescer`]) is found by the workers' next poll.
 pub fn insert_sql(first: usize) -> String {
     let [
         kind,
