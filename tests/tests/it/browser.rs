@@ -85,6 +85,25 @@ async fn shot(c: &Client, name: &str) {
     std::fs::write(shots_dir().join(format!("{name}.png")), png).unwrap();
 }
 
+/// Clicks the action button `selector` (a form submit) and waits until the form's answer has
+/// replaced the page: the button's element is stale. What is found next is on the new page,
+/// not on the one the click left (whose elements go stale under the finder).
+async fn submit_action(c: &Client, selector: &str) {
+    let button = c.find(Locator::Css(selector)).await.unwrap();
+    button.click().await.unwrap();
+    wait_for(
+        &format!("the answer to {selector} to replace the page"),
+        Duration::from_secs(60),
+        || async {
+            match button.is_displayed().await {
+                Err(error) if error.is_stale_element_reference() => Some(()),
+                _ => None,
+            }
+        },
+    )
+    .await;
+}
+
 /// Waits (polling the page, never reloading it) until the saga state shown is `state`.
 async fn wait_shown_state(c: &Client, state: &str) {
     let script =
@@ -164,12 +183,7 @@ async fn an_operator_fixes_a_failed_onboarding_from_the_browser_alone() {
 
     // Heal, restart, watch it complete without reloading.
     stack.sandbox.heal("browser-fail-twilio").await;
-    c.find(Locator::Css("button[data-action=restart]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    submit_action(&c, "button[data-action=restart]").await;
     c.wait()
         .for_element(Locator::Id("saga-state"))
         .await
@@ -216,12 +230,7 @@ async fn an_operator_fixes_a_failed_onboarding_from_the_browser_alone() {
     .await;
     c.goto(&d.url(&format!("/jobs/{step_job}"))).await.unwrap();
     shot(&c, "job-running").await;
-    c.find(Locator::Css("button[data-action=cancel]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    submit_action(&c, "button[data-action=cancel]").await;
     c.wait()
         .for_element(Locator::Id("saga-link"))
         .await
