@@ -807,8 +807,7 @@ async fn a_database_that_never_answers_gives_503_with_retry_after() {
 async fn a_stored_delivery_wakes_the_queue_listeners() {
     let db = fresh_db().await;
     let app = Ingress::start(&db, OLD_SECRET).await;
-    let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
-    listener.listen("onboard_job").await.unwrap();
+    let mut listener = job_channel(&db.url).await;
     assert_eq!(
         app.deliver(OLD_SECRET, "msg_wake_1", &fixture("user.created.json"))
             .await
@@ -1690,6 +1689,13 @@ async fn the_worker_runs_the_organization_created_job_into_a_saga_and_discards_a
 // Wake-ups: the inbox statement does not NOTIFY; the coalescer does, sparingly.
 // ---------------------------------------------------------------------------------------
 
+/// A listener on the workers' wake-up channel (`onboard_job`).
+async fn job_channel(url: &str) -> sqlx::postgres::PgListener {
+    let mut listener = sqlx::postgres::PgListener::connect(url).await.unwrap();
+    listener.listen("onboard_job").await.unwrap();
+    listener
+}
+
 /// The next notification on `listener`, within a deadline.
 async fn next_notification(listener: &mut sqlx::postgres::PgListener) -> String {
     tokio::time::timeout(Duration::from_secs(10), listener.recv())
@@ -1730,8 +1736,7 @@ async fn the_inbox_statement_sends_no_notify_and_an_enqueue_in_its_transaction_d
     use onboarding::SvixId;
     use onboarding::inbox::{ClerkEnvelope, receive};
     let db = fresh_db().await;
-    let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
-    listener.listen("onboard_job").await.unwrap();
+    let mut listener = job_channel(&db.url).await;
     let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
     let routed = String::from_utf8(fixture("user.created.json")).unwrap();
     let routed_envelope = ClerkEnvelope::parse(routed.as_bytes()).unwrap();
@@ -1796,8 +1801,7 @@ async fn the_inbox_statement_sends_no_notify_and_an_enqueue_in_its_transaction_d
 async fn a_new_saga_wakes_its_first_steps_queue_and_a_rolled_back_one_wakes_nothing() {
     use onboarding::{ClerkOrgId, Creator, OnboardingRequest, Source, start};
     let db = fresh_db().await;
-    let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
-    listener.listen("onboard_job").await.unwrap();
+    let mut listener = job_channel(&db.url).await;
     let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
     let request = |org: &str| OnboardingRequest {
         org_id: ClerkOrgId::parse(org).unwrap(),
@@ -1829,8 +1833,7 @@ async fn a_new_saga_wakes_its_first_steps_queue_and_a_rolled_back_one_wakes_noth
 async fn the_coalescer_sends_each_noted_queue_once_per_round() {
     use jobs::notify::Coalescer;
     let db = fresh_db().await;
-    let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
-    listener.listen("onboard_job").await.unwrap();
+    let mut listener = job_channel(&db.url).await;
     let coalescer = Coalescer::spawn(db.pool.clone(), jobs::notify::DEFAULT_EVERY);
     // A burst: on this single-threaded runtime the task cannot run until the test awaits.
     for _ in 0..500 {
@@ -1868,8 +1871,7 @@ async fn the_coalescer_sends_each_noted_queue_once_per_round() {
 async fn a_failed_round_is_retried_until_the_database_answers() {
     use jobs::notify::Coalescer;
     let db = fresh_db().await;
-    let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
-    listener.listen("onboard_job").await.unwrap();
+    let mut listener = job_channel(&db.url).await;
     // One connection, held by the test: the coalescer's rounds cannot get it.
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
