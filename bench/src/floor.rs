@@ -189,6 +189,18 @@ pub fn onboarding(server: &Server, clients: u32, seconds: u32) -> anyhow::Result
     let db = "floor_e2e";
     fresh_database(server, db)?;
     psql_file(server, db, &dir.join("schema.sql"))?;
+    let grants: Vec<String> = onboarding::permissions::grants()
+        .into_iter()
+        .map(|(role, permission)| format!("('{role}', '{permission}')"))
+        .collect();
+    psql(
+        server,
+        db,
+        &format!(
+            "insert into default_grant (role, permission) values {}",
+            grants.join(", ")
+        ),
+    )?;
     Pgbench {
         db,
         script: dir.join("onboarding.sql"),

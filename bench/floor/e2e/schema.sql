@@ -62,55 +62,10 @@ CREATE TABLE role_permission (
     PRIMARY KEY (organization_id, role, permission)
 );
 
--- The 45 default grants (the CRM's role→permission matrix), which the saga copies per
--- organization.
+-- The default grants (the CRM's role→permission matrix), which the saga copies per
+-- organization. `bench e2e` fills it from `onboarding::permissions::grants()`, the product's own
+-- matrix, so the floor writes as many grants as an onboarding does.
 CREATE TABLE default_grant (
     role       text NOT NULL,
     permission text NOT NULL
 );
-INSERT INTO default_grant (role, permission) VALUES
-    ('ADMIN', 'contacts:view'),
-    ('AGENT', 'contacts:view'),
-    ('VIEWER', 'contacts:view'),
-    ('ADMIN', 'contacts:create'),
-    ('AGENT', 'contacts:create'),
-    ('ADMIN', 'contacts:edit'),
-    ('AGENT', 'contacts:edit'),
-    ('ADMIN', 'contacts:delete'),
-    ('ADMIN', 'deals:view'),
-    ('AGENT', 'deals:view'),
-    ('VIEWER', 'deals:view'),
-    ('ADMIN', 'deals:create'),
-    ('AGENT', 'deals:create'),
-    ('ADMIN', 'deals:edit'),
-    ('AGENT', 'deals:edit'),
-    ('ADMIN', 'deals:delete'),
-    ('ADMIN', 'deals:view_commissions'),
-    ('ADMIN', 'properties:view'),
-    ('AGENT', 'properties:view'),
-    ('VIEWER', 'properties:view'),
-    ('ADMIN', 'properties:create'),
-    ('AGENT', 'properties:create'),
-    ('ADMIN', 'properties:edit'),
-    ('ADMIN', 'properties:delete'),
-    ('ADMIN', 'communications:view'),
-    ('AGENT', 'communications:view'),
-    ('VIEWER', 'communications:view'),
-    ('ADMIN', 'communications:send'),
-    ('AGENT', 'communications:send'),
-    ('ADMIN', 'communications:export'),
-    ('ADMIN', 'org:view_members'),
-    ('ADMIN', 'org:invite_members'),
-    ('ADMIN', 'org:remove_members'),
-    ('ADMIN', 'org:edit_settings'),
-    ('ADMIN', 'org:view_billing'),
-    ('ADMIN', 'phone:make_calls'),
-    ('AGENT', 'phone:make_calls'),
-    ('ADMIN', 'phone:view_recordings'),
-    ('ADMIN', 'phone:manage_numbers'),
-    ('ADMIN', 'ai:use_voice_search'),
-    ('AGENT', 'ai:use_voice_search'),
-    ('VIEWER', 'ai:use_voice_search'),
-    ('ADMIN', 'ai:view_sentiment'),
-    ('AGENT', 'ai:view_sentiment'),
-    ('ADMIN', 'ai:export_insights');
