@@ -277,6 +277,14 @@ impl SandboxState {
             .collect()
     }
 
+    /// The email body Resend accepted under `idempotency_key` (within its 24 h window or not).
+    pub fn sent_email(&self, idempotency_key: &str) -> Option<Value> {
+        self.lock()
+            .sends
+            .get(idempotency_key)
+            .map(|send| send.payload.clone())
+    }
+
     /// Turns the magic of `key` (slug, org id, `FriendlyName` or recipient) off.
     pub fn heal(&self, key: &str) {
         self.lock().healed.insert(key.trim().to_lowercase());

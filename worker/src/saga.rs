@@ -693,7 +693,10 @@ fn render(template: &str, name: &str, org: &str, html: bool) -> String {
 }
 
 /// Sends the welcome email once: our own `sent_at` marker first, the provider's idempotency key
-/// `welcome/<org>/<user>` for a crash between the send and our commit.
+/// `welcome/<org>/<user>` for a crash between the send and our commit. An attempt after such a
+/// crash sends the same payload and gets the first send's id back; if the creator's address or
+/// name changed in between, Resend refuses the key with another payload, which proves the first
+/// send: the step is done (`already_sent`, no id).
 async fn welcome_email(
     conn: &mut PgConnection,
     providers: &Providers,
@@ -707,10 +710,14 @@ async fn welcome_email(
     let user_id = text(&creator["user_id"]);
     let mut recipient = text(&creator["email"]);
     let mut first_name = text(&creator["first_name"]);
+    // Each source gives the address and the first name together, so that an attempt after a
+    // crash, reading another source, sends the same payload under the same key.
     if recipient.is_none()
         && let Some(user) = &user_id
+        && let Some(known) = onboarding::directory::addressee(conn, user).await?
     {
-        recipient = onboarding::directory::primary_email(conn, user).await?;
+        recipient = Some(known.email);
+        first_name = first_name.or(known.first_name);
     }
     if recipient.is_none()
         && let Some(user) = &user_id
@@ -743,9 +750,23 @@ async fn welcome_email(
         saga.clerk_org_id,
         user_id.as_deref().unwrap_or("creator")
     );
-    let email_id = providers.resend.send_email(&email, &key).await?;
-    Ok(json!({ "sent_at": chrono::Utc::now(), "email_id": email_id, "recipient": recipient }))
+    match providers.resend.send_email(&email, &key).await {
+        Ok(email_id) => Ok(
+            json!({ "sent_at": chrono::Utc::now(), "email_id": email_id, "recipient": recipient }),
+        ),
+        // Resend remembers a key only for a send it accepted: an earlier attempt of this step
+        // sent the welcome email, with another payload (the creator's address or name changed
+        // before this attempt), and its commit was lost. Sent once is done; its id is unknown.
+        Err(error) if error.code() == Some(ALREADY_SENT_UNDER_KEY) => {
+            tracing::warn!(onboarding = saga.id, %key, "welcome email already sent by an earlier attempt, with another payload");
+            Ok(json!({ "sent_at": chrono::Utc::now(), "email_id": null, "already_sent": true }))
+        }
+        Err(error) => Err(error.into()),
+    }
 }
+
+/// Resend's answer to a key it accepted a send under, sent again with another payload.
+const ALREADY_SENT_UNDER_KEY: &str = "invalid_idempotent_request";
 
 async fn undo(
     conn: &mut PgConnection,

@@ -171,16 +171,39 @@ pub async fn delete_user(
     Ok(email.flatten())
 }
 
+/// How to address a user by email: the primary address and the first name beside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Addressee {
+    /// The primary email address.
+    pub email: String,
+    /// The first name, when known.
+    pub first_name: Option<String>,
+}
+
+/// A user's primary email and first name; `None` if the user is unknown, deleted, or has no
+/// email.
+pub async fn addressee(
+    conn: &mut PgConnection,
+    clerk_user_id: &str,
+) -> Result<Option<Addressee>, sqlx::Error> {
+    let row: Option<(Option<String>, Option<String>)> = sqlx::query_as(
+        "select primary_email, first_name from onboard.app_user where clerk_user_id = $1 and deleted_at is null",
+    )
+    .bind(clerk_user_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.and_then(|(email, first_name)| {
+        Some(Addressee {
+            email: email?,
+            first_name,
+        })
+    }))
+}
+
 /// A user's primary email; `None` if the user is unknown, deleted, or has none.
 pub async fn primary_email(
     conn: &mut PgConnection,
     clerk_user_id: &str,
 ) -> Result<Option<String>, sqlx::Error> {
-    let email: Option<Option<String>> = sqlx::query_scalar(
-        "select primary_email from onboard.app_user where clerk_user_id = $1 and deleted_at is null",
-    )
-    .bind(clerk_user_id)
-    .fetch_optional(conn)
-    .await?;
-    Ok(email.flatten())
+    Ok(addressee(conn, clerk_user_id).await?.map(|a| a.email))
 }

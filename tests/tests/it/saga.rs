@@ -293,6 +293,95 @@ async fn permanent_email_failure_ends_completed_with_errors_and_flaky_email_send
     stack.stop().await;
 }
 
+/// The step's stored output.
+async fn step_output(stack: &Stack, org: &str, step: &str) -> serde_json::Value {
+    sqlx::query_scalar(
+        "select s.output from onboard.onboarding_step s join onboard.onboarding o on o.id = s.onboarding_id
+          where o.clerk_org_id = $1 and s.name = $2",
+    )
+    .bind(org)
+    .bind(step)
+    .fetch_one(&stack.db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_welcome_email_greets_the_creator_by_the_first_name_in_the_directory() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let (org, user) = ("org_greet1", "user_greet1");
+    // The fixture's user is John.
+    stack.deliver(&user_created(user, "john@greet.test")).await;
+    stack
+        .deliver(&organization_created(org, "greet", user))
+        .await;
+    stack.wait_saga(org, "completed").await;
+    let sent = stack
+        .sandbox
+        .state()
+        .sent_email(&format!("welcome/{org}/{user}"))
+        .expect("a welcome email under the step's key");
+    assert_eq!(sent["to"], serde_json::json!(["john@greet.test"]));
+    let text = sent["text"].as_str().unwrap_or_default();
+    assert!(text.starts_with("Hello John,"), "{text}");
+    stack.stop().await;
+}
+
+/// An attempt sent the welcome email and lost its commit (a crash), then the creator changed
+/// address: the next attempt's payload differs under the same key, which Resend refuses.
+/// That refusal proves the first send: the saga completes, and no second email goes out.
+#[tokio::test]
+async fn a_welcome_email_sent_by_an_attempt_whose_commit_was_lost_is_not_sent_again_to_a_changed_address()
+ {
+    let mut stack = Stack::start(StackOptions {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
+    let (org, user) = ("org_moved1", "user_moved1");
+    stack.deliver(&user_created(user, "new@moved.test")).await;
+    stack
+        .deliver(&organization_created(org, "moved", user))
+        .await;
+    // What the lost attempt sent, to the address the creator had then, under the step's key.
+    let earlier = reqwest::Client::new()
+        .post(format!("{}/emails", stack.sandbox.base_url()))
+        .bearer_auth(&stack.sandbox.state().config().resend_api_key)
+        .header("Idempotency-Key", format!("welcome/{org}/{user}"))
+        .json(&serde_json::json!({
+            "from": "Onboard <hello@example.com>",
+            "to": ["old@moved.test"],
+            "subject": "Welcome to moved",
+            "text": "Hello John,"
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(earlier.status(), 200);
+
+    stack.start_worker();
+    wait_for("the saga to end", Duration::from_secs(90), || async {
+        stack
+            .saga_state(org)
+            .await
+            .filter(|state| state != "running")
+    })
+    .await;
+    assert_eq!(stack.saga_state(org).await.as_deref(), Some("completed"));
+    let refused: Vec<u16> = stack
+        .effects("send_email", "new@moved.test")
+        .await
+        .into_iter()
+        .map(|(status, _)| status)
+        .collect();
+    assert_eq!(refused, [409], "no email reached the new address");
+    assert_eq!(stack.effects("send_email", "old@moved.test").await.len(), 1);
+    let output = step_output(&stack, org, "welcome_email").await;
+    assert_eq!(output["already_sent"], true, "{output}");
+    assert!(output["email_id"].is_null(), "{output}");
+    stack.stop().await;
+}
+
 #[tokio::test]
 async fn deleted_organization_is_offboarded_and_its_subaccount_closed() {
     let stack = Stack::start(StackOptions::default()).await;
