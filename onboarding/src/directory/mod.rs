@@ -21,5 +21,5 @@ pub use purge::{Purged, erase_invitation_email, is_erased_email, purge_user_data
 pub use role::{DEFAULT_ROLE_ENV, ROLE_MAP_ENV, Role, RoleMapping};
 pub use user::{
     Addressee, PublicUserData, UserUpsert, UserWrite, addressee, delete_user, is_deleted_user,
-    primary_email, upsert_public_user_data, upsert_user,
+    upsert_public_user_data, upsert_user,
 };

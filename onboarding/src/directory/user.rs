@@ -199,11 +199,3 @@ pub async fn addressee(
         })
     }))
 }
-
-/// A user's primary email; `None` if the user is unknown, deleted, or has none.
-pub async fn primary_email(
-    conn: &mut PgConnection,
-    clerk_user_id: &str,
-) -> Result<Option<String>, sqlx::Error> {
-    Ok(addressee(conn, clerk_user_id).await?.map(|a| a.email))
-}

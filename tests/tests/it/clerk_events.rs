@@ -589,9 +589,10 @@ async fn user_deleted_purges_the_users_personal_data_from_payloads_and_app_user(
     created["event_attributes"]["http_request"]["client_ip"] = json!("203.0.113.9");
     deliver(&db.pool, &created).await.unwrap();
     assert_eq!(
-        directory::primary_email(&mut db.pool.acquire().await.unwrap(), user)
+        directory::addressee(&mut db.pool.acquire().await.unwrap(), user)
             .await
             .unwrap()
+            .map(|a| a.email)
             .as_deref(),
         Some(EMAIL)
     );
@@ -666,7 +667,7 @@ async fn user_deleted_purges_the_users_personal_data_from_payloads_and_app_user(
     .unwrap();
     assert_eq!(row, (None, None, None, None, true));
     assert_eq!(
-        directory::primary_email(&mut db.pool.acquire().await.unwrap(), user)
+        directory::addressee(&mut db.pool.acquire().await.unwrap(), user)
             .await
             .unwrap(),
         None
@@ -821,7 +822,7 @@ async fn the_saga_upsert_never_touches_saga_columns_and_never_undeletes() {
         None
     );
     assert_eq!(
-        directory::primary_email(&mut conn, "user_unknown")
+        directory::addressee(&mut conn, "user_unknown")
             .await
             .unwrap(),
         None

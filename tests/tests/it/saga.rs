@@ -41,6 +41,19 @@ async fn active_subaccounts(stack: &Stack, org: &str) -> usize {
         .count()
 }
 
+/// The step's stored output.
+async fn step_output(stack: &Stack, org: &str, step: &str) -> serde_json::Value {
+    sqlx::query_scalar(
+        "select s.output from onboard.onboarding_step s join onboard.onboarding o on o.id = s.onboarding_id
+          where o.clerk_org_id = $1 and s.name = $2",
+    )
+    .bind(org)
+    .bind(step)
+    .fetch_one(&stack.db.pool)
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn new_organization_is_onboarded_once_with_one_subaccount_one_email_and_its_metadata() {
     let stack = Stack::start(StackOptions::default()).await;
@@ -236,16 +249,8 @@ async fn slow_twilio_times_out_and_the_retry_adopts_the_account_it_created() {
         "one create, adopted after the timeout: {creates:?}"
     );
     assert_eq!(active_subaccounts(&stack, org).await, 1);
-    let adopted: bool = sqlx::query_scalar(
-        "select (s.output->>'adopted')::bool from onboard.onboarding_step s
-           join onboard.onboarding o on o.id = s.onboarding_id
-          where o.clerk_org_id = $1 and s.name = 'twilio_subaccount'",
-    )
-    .bind(org)
-    .fetch_one(&stack.db.pool)
-    .await
-    .unwrap();
-    assert!(adopted);
+    let output = step_output(&stack, org, "twilio_subaccount").await;
+    assert_eq!(output["adopted"], true, "{output}");
     stack.stop().await;
 }
 
@@ -291,19 +296,6 @@ async fn permanent_email_failure_ends_completed_with_errors_and_flaky_email_send
         "{sent:?}"
     );
     stack.stop().await;
-}
-
-/// The step's stored output.
-async fn step_output(stack: &Stack, org: &str, step: &str) -> serde_json::Value {
-    sqlx::query_scalar(
-        "select s.output from onboard.onboarding_step s join onboard.onboarding o on o.id = s.onboarding_id
-          where o.clerk_org_id = $1 and s.name = $2",
-    )
-    .bind(org)
-    .bind(step)
-    .fetch_one(&stack.db.pool)
-    .await
-    .unwrap()
 }
 
 #[tokio::test]
