@@ -119,6 +119,29 @@ pub async fn handle_with(
     inbox_id: i64,
     roles: &RoleMapping,
 ) -> Result<(), EventError> {
+    let event = read(conn, kind, inbox_id).await?;
+    apply(conn, &event, roles).await
+}
+
+/// A Clerk event as stored in its inbox row, read for a job ([`read`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    /// The `onboard.inbox` row.
+    pub inbox_id: i64,
+    /// Its event type (`organization.created`, …).
+    pub event_type: String,
+    /// Its payload.
+    pub payload: Value,
+}
+
+/// Reads the event stored in inbox row `inbox_id` for job `kind` (`clerk.<event type>`):
+/// refuses a kind this module does not apply, a row of another type, and a payload gone past
+/// its retention.
+pub async fn read(
+    conn: &mut PgConnection,
+    kind: &str,
+    inbox_id: i64,
+) -> Result<StoredEvent, EventError> {
     let event_type = kind
         .strip_prefix("clerk.")
         .filter(|_| KINDS.contains(&kind) || kind == ORGANIZATION_CREATED_KIND)
@@ -139,16 +162,29 @@ pub async fn handle_with(
     let Some(payload) = payload else {
         return Err(EventError::Invalid {
             inbox_id,
-            event_type: event_type.to_owned(),
+            event_type: stored_type,
             message: "its payload is gone (past its retention)".into(),
         });
     };
-    let event = Event {
+    Ok(StoredEvent {
         inbox_id,
-        event_type,
+        event_type: stored_type,
         payload: payload.0,
+    })
+}
+
+/// Applies an event [`read`] from the inbox. Idempotent, as [`handle`].
+pub async fn apply(
+    conn: &mut PgConnection,
+    stored: &StoredEvent,
+    roles: &RoleMapping,
+) -> Result<(), EventError> {
+    let event = Event {
+        inbox_id: stored.inbox_id,
+        event_type: &stored.event_type,
+        payload: &stored.payload,
     };
-    match event_type {
+    match event.event_type {
         "organization.created" | "organization.updated" => organization_updated(conn, &event).await,
         "organization.deleted" => organization_deleted(conn, &event).await,
         "user.created" | "user.updated" => user_updated(conn, &event).await,
@@ -166,14 +202,14 @@ pub async fn handle_with(
         "organizationInvitation.revoked" => {
             invitation(conn, &event, InvitationStatus::Revoked, roles).await
         }
-        _ => Err(EventError::UnknownKind(kind.to_owned())),
+        other => Err(EventError::UnknownKind(format!("clerk.{other}"))),
     }
 }
 
 struct Event<'a> {
     inbox_id: i64,
     event_type: &'a str,
-    payload: Value,
+    payload: &'a Value,
 }
 
 impl Event<'_> {

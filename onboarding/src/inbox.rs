@@ -164,6 +164,19 @@ fn is_event_type(value: &str) -> bool {
 pub fn organization_created(body: &[u8]) -> Result<OnboardingRequest, EnvelopeError> {
     let event: OrganizationCreated =
         serde_json::from_slice(body).map_err(|e| EnvelopeError::Shape(e.to_string()))?;
+    onboarding_request(event)
+}
+
+/// [`organization_created`] from a payload already parsed (the stored event's).
+pub fn organization_created_from(
+    payload: &serde_json::Value,
+) -> Result<OnboardingRequest, EnvelopeError> {
+    let event = OrganizationCreated::deserialize(payload)
+        .map_err(|e| EnvelopeError::Shape(e.to_string()))?;
+    onboarding_request(event)
+}
+
+fn onboarding_request(event: OrganizationCreated) -> Result<OnboardingRequest, EnvelopeError> {
     let org_id = text(event.data.id)
         .and_then(|id| ClerkOrgId::parse(&id).ok())
         .ok_or(EnvelopeError::OrganizationId)?;

@@ -46,25 +46,29 @@ pub fn grants() -> Vec<(&'static str, &'static str)> {
 }
 
 /// Inserts the organization's default grants; idempotent. Returns how many rows exist now.
+///
+/// One statement: the count reads the rows there were before it (its snapshot) and adds the
+/// ones it inserted. The caller holds the saga's lock, so no other writer adds grants between.
 pub async fn grant_defaults(
     conn: &mut PgConnection,
     organization_id: i64,
 ) -> Result<i64, sqlx::Error> {
     let (roles, permissions): (Vec<&str>, Vec<&str>) = grants().into_iter().unzip();
-    sqlx::query(
-        "insert into onboard.role_permission (organization_id, role, permission)
-         select $1, role, permission from unnest($2::text[], $3::text[]) as g(role, permission)
-         on conflict do nothing",
+    sqlx::query_scalar(
+        "with inserted as (
+             insert into onboard.role_permission (organization_id, role, permission)
+             select $1, role, permission from unnest($2::text[], $3::text[]) as g(role, permission)
+             on conflict do nothing
+             returning 1
+         )
+         select (select count(*) from inserted)
+              + (select count(*) from onboard.role_permission where organization_id = $1)",
     )
     .bind(organization_id)
     .bind(&roles)
     .bind(&permissions)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query_scalar("select count(*) from onboard.role_permission where organization_id = $1")
-        .bind(organization_id)
-        .fetch_one(conn)
-        .await
+    .fetch_one(conn)
+    .await
 }
 
 /// Deletes the organization's grants (the step's compensation); returns how many.

@@ -232,26 +232,6 @@ pub async fn start_from_inbox(
     conn: &mut PgConnection,
     inbox_id: i64,
 ) -> Result<Started, InboxStartError> {
-    Ok(start_from_inbox_with(conn, inbox_id, FirstJob::Enqueue)
-        .await?
-        .0)
-}
-
-/// [`start_from_inbox`] for a caller that runs a new saga's first steps itself, in the same
-/// transaction (the worker runs the steps that touch only our database there): a new saga gets
-/// no first job. Also returns the request, as stored in a new saga's row.
-pub async fn start_from_inbox_for_caller(
-    conn: &mut PgConnection,
-    inbox_id: i64,
-) -> Result<(Started, OnboardingRequest), InboxStartError> {
-    start_from_inbox_with(conn, inbox_id, FirstJob::Caller).await
-}
-
-async fn start_from_inbox_with(
-    conn: &mut PgConnection,
-    inbox_id: i64,
-    first_job: FirstJob,
-) -> Result<(Started, OnboardingRequest), InboxStartError> {
     let row: Option<(String, Option<String>)> = sqlx::query_as(INBOX_EVENT)
         .bind(inbox_id)
         .fetch_optional(&mut *conn)
@@ -272,7 +252,21 @@ async fn start_from_inbox_with(
     })?;
     let request = crate::inbox::organization_created(payload.as_bytes())
         .map_err(|source| InboxStartError::Payload { inbox_id, source })?;
-    let started = start_with_inbox(conn, &request, Some(inbox_id), first_job).await?;
+    Ok(start_with_inbox(conn, &request, Some(inbox_id), FirstJob::Enqueue).await?)
+}
+
+/// [`start_from_inbox`] for a caller that has read the delivery's payload (and applied it to
+/// the directory) and runs a new saga's first steps itself, in the same transaction (the
+/// worker runs the steps that touch only our database there): a new saga gets no first job.
+/// Also returns the request, as stored in a new saga's row.
+pub async fn start_from_payload_for_caller(
+    conn: &mut PgConnection,
+    inbox_id: i64,
+    payload: &serde_json::Value,
+) -> Result<(Started, OnboardingRequest), InboxStartError> {
+    let request = crate::inbox::organization_created_from(payload)
+        .map_err(|source| InboxStartError::Payload { inbox_id, source })?;
+    let started = start_with_inbox(conn, &request, Some(inbox_id), FirstJob::Caller).await?;
     Ok((started, request))
 }
 

@@ -154,21 +154,31 @@ async fn start_onboarding(pool: PgPool, job: AnyJob, ctx: JobContext) -> Result<
         .as_i64()
         .ok_or_else(|| JobError::permanent("job arguments lack inbox_id"))?;
     let mut tx = pool.begin().await.map_err(retry)?;
+    let event_error = |e: onboarding::clerk_event::EventError| {
+        if e.is_permanent() {
+            JobError::permanent(e)
+        } else {
+            retry(e)
+        }
+    };
     // The organization's record from the event itself (last writer wins on its updated_at)…
-    onboarding::clerk_event::handle(&mut tx, &job.kind, inbox_id)
+    let event = onboarding::clerk_event::read(&mut tx, &job.kind, inbox_id)
         .await
-        .map_err(|e| {
-            if e.is_permanent() {
-                JobError::permanent(e)
-            } else {
-                retry(e)
-            }
-        })?;
+        .map_err(event_error)?;
+    onboarding::clerk_event::apply(
+        &mut tx,
+        &event,
+        &onboarding::directory::RoleMapping::default(),
+    )
+    .await
+    .map_err(event_error)?;
     // …and its one saga, in the same transaction, with the steps that touch only our database.
     // An organization deleted before its creation was processed is not onboarded: its deletion
     // (serialised with this transaction by the organization row's lock) already offboarded it.
     let (started, request) =
-        match onboarding::start::start_from_inbox_for_caller(&mut tx, inbox_id).await {
+        match onboarding::start::start_from_payload_for_caller(&mut tx, inbox_id, &event.payload)
+            .await
+        {
             Ok(started) => started,
             Err(onboarding::start::InboxStartError::OrganizationDeleted(_)) => {
                 commit_held(tx, &ctx, Verdict::Complete).await?;
@@ -187,9 +197,7 @@ async fn start_onboarding(pool: PgPool, job: AnyJob, ctx: JobContext) -> Result<
             request: serde_json::to_value(&request).map_err(retry)?,
             run: 1,
         };
-        advance(&mut tx, &saga, STEPS[0], own(&ctx))
-            .await
-            .map_err(retry)?
+        advance(&mut tx, &saga, STEPS[0], own(&ctx)).await?
     } else {
         None
     };
@@ -217,16 +225,27 @@ fn own(ctx: &JobContext) -> saga::Attempt {
 /// Moves the saga on to `step`: runs it here, in the caller's transaction, when it touches
 /// only our database (and so on for the local steps after it), then enqueues the job of the
 /// first step that calls a provider and completes `own`'s job with the last local step's
-/// success: `Some(held)` (false: the attempt no longer holds its job, roll back). When a
-/// local step fails, the local steps are rolled back (to a savepoint) and left to `step`'s own
-/// job, so retries and compensation take the usual path; `None` then, as when `step` calls a
-/// provider: its job is enqueued and the caller settles `own`'s job.
+/// success: `Some(held)` (false: the attempt no longer holds its job, roll back). `None` when
+/// `step` calls a provider: its job is enqueued and the caller settles `own`'s job.
+///
+/// A job's first attempt runs the local steps bare: when one fails, the attempt fails and its
+/// retry runs them again. Later attempts run them under a savepoint and, when one fails, roll
+/// them back and leave them to `step`'s own job (`None` too), so that retries and compensation
+/// take the usual path.
 async fn advance(
     conn: &mut PgConnection,
     saga: &Saga,
     step: &'static str,
     own: saga::Attempt,
-) -> Result<Option<bool>, sqlx::Error> {
+) -> Result<Option<bool>, StepError> {
+    if saga::is_local(step) && own.attempt == 1 {
+        return match run_local_steps(conn, saga, step, own).await {
+            Ok(held) => Ok(Some(held)),
+            Err(StepError::Retry(message, _) | StepError::Permanent(message)) => Err(
+                StepError::Retry(format!("{step}, run with this job: {message}"), None),
+            ),
+        };
+    }
     if saga::is_local(step) {
         let mut local = sqlx::Connection::begin(&mut *conn).await?;
         match run_local_steps(&mut local, saga, step, own).await {
@@ -398,7 +417,7 @@ impl Action {
         saga: &Saga,
         output: &Value,
         own: saga::Attempt,
-    ) -> Result<Option<bool>, sqlx::Error> {
+    ) -> Result<Option<bool>, StepError> {
         match self {
             Action::Step(step) => {
                 match saga::step_attempt_succeeded(conn, saga, step, output, own).await? {
@@ -488,11 +507,7 @@ async fn run_action(
         Err(give_up(step, &ctx))
     };
     match result {
-        Ok(output) => match action
-            .succeeded(&mut tx, &saga, &output, own(&ctx))
-            .await
-            .map_err(retry)?
-        {
+        Ok(output) => match action.succeeded(&mut tx, &saga, &output, own(&ctx)).await? {
             Some(held) => commit_settled(tx, &ctx, held).await,
             None => commit_held(tx, &ctx, Verdict::Complete).await,
         },
@@ -579,7 +594,16 @@ fn text(value: &Value) -> Option<String> {
     value.as_str().map(str::to_owned)
 }
 
+/// Upserts the organization from the saga's request and marks it `pending`. The request has no
+/// Clerk clock (`0`), so it never beats a stored Clerk snapshot: when the record already holds
+/// one (as when the saga started from `organization.created`, whose job stored it), marking is
+/// all there is to do.
 async fn create_org_record(conn: &mut PgConnection, saga: &Saga) -> Result<Value, StepError> {
+    if let Some((id, Some(clock))) = mark_pending(conn, saga).await?
+        && clock > 0
+    {
+        return Ok(json!({ "organization_id": id }));
+    }
     let request = &saga.request;
     let org = onboarding::directory::OrgUpsert {
         clerk_org_id: saga.clerk_org_id.clone(),
@@ -592,27 +616,35 @@ async fn create_org_record(conn: &mut PgConnection, saga: &Saga) -> Result<Value
         updated_at_ms: 0,
     };
     onboarding::directory::upsert_organization(conn, &org).await?;
-    let id: Option<i64> = sqlx::query_scalar(MARK_PENDING)
-        .bind(&saga.clerk_org_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    let id = id.ok_or_else(|| {
+    let (id, _) = mark_pending(conn, saga).await?.ok_or_else(|| {
         StepError::Permanent(format!("organization {} has no record", saga.clerk_org_id))
     })?;
     Ok(json!({ "organization_id": id }))
 }
 
+/// [`MARK_PENDING`]: the organization's id and its Clerk clock, if it has a record.
+async fn mark_pending(
+    conn: &mut PgConnection,
+    saga: &Saga,
+) -> Result<Option<(i64, Option<i64>)>, sqlx::Error> {
+    sqlx::query_as(MARK_PENDING)
+        .bind(&saga.clerk_org_id)
+        .fetch_optional(&mut *conn)
+        .await
+}
+
 /// Marks the organization `pending` unless it is past that (`active`, `deleted`) and returns
-/// its id either way (none without a record), in one statement.
+/// its id and Clerk clock either way (no row without a record), in one statement.
 const MARK_PENDING: &str = "
 with marked as (
     update onboard.organization set onboarding_status = 'pending', updated_at = now()
      where clerk_org_id = $1 and onboarding_status in ('pending', 'failed')
-    returning id
+    returning id, clerk_updated_at
 )
-select id from marked
+select id, clerk_updated_at from marked
 union all
-select id from onboard.organization where clerk_org_id = $1 and not exists (select 1 from marked)";
+select id, clerk_updated_at from onboard.organization
+ where clerk_org_id = $1 and not exists (select 1 from marked)";
 
 async fn organization_id(conn: &mut PgConnection, saga: &Saga) -> Result<i64, StepError> {
     onboarding::directory::organization_id(conn, &saga.clerk_org_id)

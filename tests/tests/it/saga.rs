@@ -143,6 +143,84 @@ async fn the_steps_that_touch_only_our_database_run_in_the_transaction_that_star
     stack.stop().await;
 }
 
+/// A local step that fails in the transaction that starts the saga fails that attempt of the
+/// `organization.created` job; its retry rolls the local steps back to a savepoint and leaves
+/// them to their own step jobs, which finish once the fault is gone.
+#[tokio::test]
+async fn a_local_step_failing_as_the_saga_starts_fails_that_attempt_then_runs_in_its_own_job() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let (org, user) = ("org_localfail1", "user_localfail1");
+    sqlx::raw_sql(
+        "create function onboard.test_refuse_grants() returns trigger language plpgsql as $$
+         begin raise exception 'grants refused by the test'; end $$;
+         create trigger test_refuse_grants before insert on onboard.role_permission
+            for each row execute function onboard.test_refuse_grants();",
+    )
+    .execute(&stack.db.pool)
+    .await
+    .unwrap();
+    stack
+        .deliver(&user_created(user, "owner@localfail.test"))
+        .await;
+    stack
+        .deliver(&organization_created(org, "localfail", user))
+        .await;
+    wait_for(
+        "default_permissions' own job to fail an attempt",
+        Duration::from_secs(60),
+        || async {
+            let failed: i64 = sqlx::query_scalar(
+                "select count(*) from onboard.job
+                  where kind = 'onboarding.default_permissions' and state = 'retryable'",
+            )
+            .fetch_one(&stack.db.pool)
+            .await
+            .unwrap();
+            (failed > 0).then_some(())
+        },
+    )
+    .await;
+    sqlx::raw_sql("drop trigger test_refuse_grants on onboard.role_permission")
+        .execute(&stack.db.pool)
+        .await
+        .unwrap();
+    stack.wait_saga(org, "completed").await;
+    stack.wait_idle().await;
+
+    assert_eq!(permission_rows(&stack, org).await, 27 + 13 + 5);
+    let (state, attempt): (String, i32) = sqlx::query_as(
+        "select state::text, attempt from onboard.job where kind = 'clerk.organization.created'",
+    )
+    .fetch_one(&stack.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (state.as_str(), attempt),
+        ("completed", 2),
+        "the first attempt failed with the grants; the second started the saga"
+    );
+    let kinds: Vec<String> = sqlx::query_scalar(
+        "select j.kind from onboard.job j join onboard.onboarding o
+             on (j.args->>'onboarding_id')::bigint = o.id
+          where o.clerk_org_id = $1 and j.state = 'completed' order by j.id",
+    )
+    .bind(org)
+    .fetch_all(&stack.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        kinds,
+        [
+            "onboarding.create_org_record",
+            "onboarding.default_permissions",
+            "onboarding.twilio_subaccount",
+            "onboarding.welcome_email",
+            "onboarding.sync_metadata"
+        ]
+    );
+    stack.stop().await;
+}
+
 #[tokio::test]
 async fn permanent_twilio_failure_compensates_every_started_step_then_restart_after_heal_completes()
 {
@@ -778,6 +856,85 @@ async fn the_onboarding_api_refuses_an_organization_already_deleted_with_409() {
             .effects("create_subaccount", &format!("org:{org}"))
             .await
             .is_empty()
+    );
+    stack.stop().await;
+}
+
+/// The saga's first step upserts the organization from the request, whose clock (`0`) loses to
+/// any Clerk snapshot: an organization known only as a stub takes the request's name and slug,
+/// one whose `organization.updated` was stored first keeps Clerk's.
+#[tokio::test]
+async fn the_first_step_fills_a_stub_organization_from_the_request_and_keeps_a_clerk_snapshot() {
+    use secrecy::ExposeSecret;
+    let stack = Stack::start(StackOptions::default()).await;
+    let (stub, known) = ("org_stub1", "org_known1");
+    sqlx::query("insert into onboard.organization (clerk_org_id) values ($1)")
+        .bind(stub)
+        .execute(&stack.db.pool)
+        .await
+        .unwrap();
+    let mut updated = integration_tests::stack::fixture("organization.updated.json");
+    updated["data"]["id"] = serde_json::json!(known);
+    updated["data"]["name"] = serde_json::json!("Known by Clerk");
+    updated["data"]["slug"] = serde_json::json!("known-by-clerk");
+    stack.deliver(&updated).await;
+    wait_for("Clerk's snapshot", Duration::from_secs(60), || async {
+        let clock: Option<Option<i64>> = sqlx::query_scalar(
+            "select clerk_updated_at from onboard.organization where clerk_org_id = $1",
+        )
+        .bind(known)
+        .fetch_optional(&stack.db.pool)
+        .await
+        .unwrap();
+        clock.flatten()
+    })
+    .await;
+    let (_, key) = onboarding::api_key::create(&stack.db.pool, "server")
+        .await
+        .unwrap();
+    for org in [stub, known] {
+        let response = reqwest::Client::new()
+            .post(format!(
+                "http://{}/v1/onboarding",
+                stack.ingress.ingress_addr
+            ))
+            .bearer_auth(key.expose_secret())
+            .header("idempotency-key", format!("first-step-{org}"))
+            .json(&serde_json::json!({
+                "org_id": org, "name": "Named by the API", "slug": "named-by-the-api",
+                "creator_user_id": "user_firststep1", "creator_email": "owner@firststep.test"
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{}", response.status());
+        stack.wait_saga(org, "completed").await;
+    }
+    stack.wait_idle().await;
+
+    let names: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
+        "select clerk_org_id, name, slug from onboard.organization
+          where clerk_org_id = any($1) order by clerk_org_id",
+    )
+    .bind(vec![known, stub])
+    .fetch_all(&stack.db.pool)
+    .await
+    .unwrap();
+    let name = |n: &str| Some(n.to_owned());
+    assert_eq!(
+        names,
+        [
+            (
+                known.to_owned(),
+                name("Known by Clerk"),
+                name("known-by-clerk")
+            ),
+            (
+                stub.to_owned(),
+                name("Named by the API"),
+                name("named-by-the-api")
+            ),
+        ]
     );
     stack.stop().await;
 }

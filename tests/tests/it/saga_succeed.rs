@@ -170,3 +170,42 @@ async fn the_last_step_success_ends_the_saga_completed_with_its_metadata_job() {
     );
     assert_eq!(step(&mut conn, saga.id, "welcome_email").await.0, "done");
 }
+
+#[tokio::test]
+async fn granting_the_defaults_again_counts_every_grant_the_organization_has() {
+    let db = fresh_db().await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    let org: i64 = sqlx::query_scalar(
+        "insert into onboard.organization (clerk_org_id) values ('org_grants1') returning id",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    let all = onboarding::permissions::grants().len() as i64;
+
+    let first = onboarding::permissions::grant_defaults(&mut conn, org)
+        .await
+        .unwrap();
+    assert_eq!(first, all);
+    // Some grants already there (a retry after a lost commit, or a compensation cut short):
+    // the count is of the rows there are, not of the rows this call inserted.
+    sqlx::query(
+        "delete from onboard.role_permission where organization_id = $1 and role = 'VIEWER'",
+    )
+    .bind(org)
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let again = onboarding::permissions::grant_defaults(&mut conn, org)
+        .await
+        .unwrap();
+    assert_eq!(again, all);
+    let rows: i64 = sqlx::query_scalar(
+        "select count(*) from onboard.role_permission where organization_id = $1",
+    )
+    .bind(org)
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(rows, all);
+}
