@@ -54,6 +54,19 @@ async fn step_output(stack: &Stack, org: &str, step: &str) -> serde_json::Value 
     .unwrap()
 }
 
+/// The kinds of the jobs of the organization's saga, in the order they were enqueued.
+async fn saga_job_kinds(stack: &Stack, org: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "select j.kind from onboard.job j join onboard.onboarding o
+             on (j.args->>'onboarding_id')::bigint = o.id
+          where o.clerk_org_id = $1 order by j.id",
+    )
+    .bind(org)
+    .fetch_all(&stack.db.pool)
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn new_organization_is_onboarded_once_with_one_subaccount_one_email_and_its_metadata() {
     let stack = Stack::start(StackOptions::default()).await;
@@ -104,17 +117,8 @@ async fn the_steps_that_touch_only_our_database_run_in_the_transaction_that_star
     stack.wait_saga(org, "completed").await;
     stack.wait_idle().await;
 
-    let kinds: Vec<String> = sqlx::query_scalar(
-        "select j.kind from onboard.job j join onboard.onboarding o
-             on (j.args->>'onboarding_id')::bigint = o.id
-          where o.clerk_org_id = $1 order by j.id",
-    )
-    .bind(org)
-    .fetch_all(&stack.db.pool)
-    .await
-    .unwrap();
     assert_eq!(
-        kinds,
+        saga_job_kinds(&stack, org).await,
         [
             "onboarding.twilio_subaccount",
             "onboarding.welcome_email",
@@ -199,17 +203,8 @@ async fn a_local_step_failing_as_the_saga_starts_fails_that_attempt_then_runs_in
         ("completed", 2),
         "the first attempt failed with the grants; the second started the saga"
     );
-    let kinds: Vec<String> = sqlx::query_scalar(
-        "select j.kind from onboard.job j join onboard.onboarding o
-             on (j.args->>'onboarding_id')::bigint = o.id
-          where o.clerk_org_id = $1 and j.state = 'completed' order by j.id",
-    )
-    .bind(org)
-    .fetch_all(&stack.db.pool)
-    .await
-    .unwrap();
     assert_eq!(
-        kinds,
+        saga_job_kinds(&stack, org).await,
         [
             "onboarding.create_org_record",
             "onboarding.default_permissions",
