@@ -12,6 +12,7 @@
 //! and commits per onboarding, and the peak RSS of each process. With `E2E_STATEMENTS=N` (a
 //! server in `DATABASE_URL` that preloads `pg_stat_statements`, the extension created in its
 //! admin database) each burst also prints its statements per onboarding and the N most frequent.
+//! `E2E_RUNTIME_THREADS=N` runs every process the bench starts with N runtime threads.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -35,6 +36,15 @@ const DEADLINE: Duration = Duration::from_secs(600);
 /// The floor's clients: its best of 4, 8 and 16 on a 2-core machine.
 const FLOOR_CLIENTS: u32 = 8;
 const FLOOR_SECONDS: u32 = 5;
+
+/// `E2E_RUNTIME_THREADS`: the runtime threads of each process the run starts (their
+/// `TOKIO_WORKER_THREADS`); unset, tokio's default (one per core).
+fn runtime_threads() -> Option<usize> {
+    std::env::var("E2E_RUNTIME_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+}
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -117,8 +127,12 @@ impl Process {
             "RESEND_BASE_URL",
             "CLERK_SECRET_KEY",
             "CLERK_API_BASE_URL",
+            "TOKIO_WORKER_THREADS",
         ] {
             command.env_remove(name);
+        }
+        if let Some(threads) = runtime_threads() {
+            command.env("TOKIO_WORKER_THREADS", threads.to_string());
         }
         for (name, value) in env {
             command.env(name, value);
@@ -705,8 +719,11 @@ pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
         )],
     );
 
+    let threads = runtime_threads().map_or("as many runtime threads as cores".into(), |n| {
+        format!("TOKIO_WORKER_THREADS={n}")
+    });
     let burst_config = format!(
-        "{burst_size} onboardings, {BURST_CONCURRENCY} deliveries in flight, median of {runs}, {workers} worker(s), email cap lifted; floor: pgbench floor/e2e/onboarding.sql c={FLOOR_CLIENTS} T={FLOOR_SECONDS}s before each burst (median), SQL only"
+        "{burst_size} onboardings, {BURST_CONCURRENCY} deliveries in flight, median of {runs}, {workers} worker(s), {threads}, email cap lifted; floor: pgbench floor/e2e/onboarding.sql c={FLOOR_CLIENTS} T={FLOOR_SECONDS}s before each burst (median), SQL only"
     );
     let trickle_config =
         format!("{trickle_size} onboardings at 50/s, organization.created send → completed");
