@@ -277,6 +277,23 @@ async fn enqueue_single_alternating(server: &Server, pool: &PgPool) -> anyhow::R
     Ok((percentile(&mut ours, 50.0), percentile(&mut floors, 50.0)))
 }
 
+/// `enqueue_single` on a fresh database, against its floor ([`enqueue_single_alternating`]).
+async fn enqueue_single_figure(server: &Server) -> anyhow::Result<Figure> {
+    eprintln!("enqueue, one per transaction, alternating with its floor …");
+    let pool = fresh(server).await?;
+    let (rate, insert1_floor) = enqueue_single_alternating(server, &pool).await?;
+    Ok(figure(
+        "enqueue_single",
+        rate,
+        "jobs/s",
+        Some(insert1_floor),
+        &format!(
+            "pgbench insert1.sql c=1, {ENQUEUE_SLICES} slices of {ENQUEUE_SLICE_SECONDS}s alternating with ours (medians)"
+        ),
+        "≥0.8×",
+    ))
+}
+
 async fn enqueue_batched(
     pool: &PgPool,
     n: usize,
@@ -358,16 +375,7 @@ pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
     }
     if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "enqueue") {
         for _ in 0..3 {
-            let pool = fresh(server).await?;
-            let (rate, floor) = enqueue_single_alternating(server, &pool).await?;
-            figures.push(figure(
-                "enqueue_single",
-                rate,
-                "jobs/s",
-                Some(floor),
-                "",
-                "≥0.8×",
-            ));
+            figures.push(enqueue_single_figure(server).await?);
         }
         return Ok(figures);
     }
@@ -440,19 +448,7 @@ pub async fn run(server: &Server) -> anyhow::Result<Vec<Figure>> {
         "≤50",
     ));
 
-    eprintln!("enqueue, one per transaction, alternating with its floor …");
-    let pool = fresh(server).await?;
-    let (rate, insert1_floor) = enqueue_single_alternating(server, &pool).await?;
-    figures.push(figure(
-        "enqueue_single",
-        rate,
-        "jobs/s",
-        Some(insert1_floor),
-        &format!(
-            "pgbench insert1.sql c=1, {ENQUEUE_SLICES} slices of {ENQUEUE_SLICE_SECONDS}s alternating with ours (medians)"
-        ),
-        "≥0.8×",
-    ));
+    figures.push(enqueue_single_figure(server).await?);
     let pool = fresh(server).await?;
     let rate = enqueue_batched(&pool, 200_000, 1_000, 1).await?;
     figures.push(figure(

@@ -179,6 +179,14 @@ impl Stack {
         status
     }
 
+    /// Delivers a new organization as Clerk does: its creator's `user.created` (with `email`),
+    /// then its `organization.created` with `slug`.
+    pub async fn deliver_new_org(&self, org_id: &str, slug: &str, user_id: &str, email: &str) {
+        self.deliver(&user_created(user_id, email)).await;
+        self.deliver(&organization_created(org_id, slug, user_id))
+            .await;
+    }
+
     /// The saga state of an organization, once it has a saga.
     pub async fn saga_state(&self, org_id: &str) -> Option<String> {
         sqlx::query_scalar("select state from onboard.onboarding where clerk_org_id = $1")

@@ -11,7 +11,7 @@ use std::time::Duration;
 use dashboard::account::Role;
 use fantoccini::{Client, ClientBuilder, Locator};
 use integration_tests::dashboard::{Dashboard, PASSWORD, add_operator};
-use integration_tests::stack::{Stack, StackOptions, organization_created, user_created};
+use integration_tests::stack::{Stack, StackOptions};
 use integration_tests::wait_for;
 use serde_json::json;
 
@@ -138,10 +138,7 @@ async fn an_operator_fixes_a_failed_onboarding_from_the_browser_alone() {
     let (org, user) = ("org_browser1", "user_browser1");
     stack.sandbox.register(org, "browser-fail-twilio").await;
     stack
-        .deliver(&user_created(user, "owner@browser.test"))
-        .await;
-    stack
-        .deliver(&organization_created(org, "browser-fail-twilio", user))
+        .deliver_new_org(org, "browser-fail-twilio", user, "owner@browser.test")
         .await;
     stack.wait_saga(org, "compensated").await;
     stack.wait_idle().await;
@@ -212,10 +209,7 @@ async fn an_operator_fixes_a_failed_onboarding_from_the_browser_alone() {
     let (org2, user2) = ("org_browser2", "user_browser2");
     stack.sandbox.register(org2, "browser2-slow-twilio").await;
     stack
-        .deliver(&user_created(user2, "owner2@browser.test"))
-        .await;
-    stack
-        .deliver(&organization_created(org2, "browser2-slow-twilio", user2))
+        .deliver_new_org(org2, "browser2-slow-twilio", user2, "owner2@browser.test")
         .await;
     let step_job: i64 = wait_for("the Twilio step to run", Duration::from_secs(60), || async {
         sqlx::query_scalar(

@@ -8,7 +8,7 @@ use dashboard::account::Role;
 use integration_tests::dashboard::{
     Dashboard, PASSWORD, Session, bearer, client, login_form, post_login,
 };
-use integration_tests::stack::{Stack, StackOptions, organization_created, user_created};
+use integration_tests::stack::{Stack, StackOptions};
 use integration_tests::{fresh_db, wait_for};
 use reqwest::header::{COOKIE, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
@@ -724,9 +724,8 @@ async fn onboarding_actions_follow_the_saga_state_and_a_step_job_of_a_terminal_s
     let op = Session::login(&d, "olga").await;
     let (org, user) = ("org_dash1", "user_dash1");
     stack.sandbox.register(org, "dash-fail-twilio").await;
-    stack.deliver(&user_created(user, "owner@dash.test")).await;
     stack
-        .deliver(&organization_created(org, "dash-fail-twilio", user))
+        .deliver_new_org(org, "dash-fail-twilio", user, "owner@dash.test")
         .await;
     stack.wait_saga(org, "compensated").await;
     stack.wait_idle().await;
@@ -881,9 +880,8 @@ async fn cancelling_a_running_saga_step_job_compensates_its_saga_and_cancel_of_a
     let op = Session::login(&d, "olga").await;
     let (org, user) = ("org_dash2", "user_dash2");
     stack.sandbox.register(org, "dash2-slow-twilio").await;
-    stack.deliver(&user_created(user, "owner2@dash.test")).await;
     stack
-        .deliver(&organization_created(org, "dash2-slow-twilio", user))
+        .deliver_new_org(org, "dash2-slow-twilio", user, "owner2@dash.test")
         .await;
     let step_job: i64 = wait_for("the Twilio step to run", Duration::from_secs(60), || async {
         sqlx::query_scalar("select id from onboard.job where kind = 'onboarding.twilio_subaccount' and state = 'running'")
@@ -911,10 +909,7 @@ async fn cancelling_a_running_saga_step_job_compensates_its_saga_and_cancel_of_a
     let (org3, user3) = ("org_dash3", "user_dash3");
     stack.sandbox.register(org3, "dash3-slow-twilio").await;
     stack
-        .deliver(&user_created(user3, "owner3@dash.test"))
-        .await;
-    stack
-        .deliver(&organization_created(org3, "dash3-slow-twilio", user3))
+        .deliver_new_org(org3, "dash3-slow-twilio", user3, "owner3@dash.test")
         .await;
     // Its Twilio step in flight holds the saga's lock for 30 s: the cancel stops it first.
     let step_job3: i64 = wait_for("the Twilio step to run", Duration::from_secs(60), || async {
@@ -950,9 +945,8 @@ async fn discarding_a_waiting_saga_step_job_compensates_its_saga() {
     let op = Session::login(&d, "olga").await;
     let (org, user) = ("org_dash4", "user_dash4");
     stack.sandbox.register(org, "dash4-flaky-twilio").await;
-    stack.deliver(&user_created(user, "owner4@dash.test")).await;
     stack
-        .deliver(&organization_created(org, "dash4-flaky-twilio", user))
+        .deliver_new_org(org, "dash4-flaky-twilio", user, "owner4@dash.test")
         .await;
     // The Twilio step failed once and waits for its retry (held there for an hour).
     let step_job: i64 = wait_for(

@@ -2,7 +2,7 @@
 //! time, worker, duration and error; each delivery's count of redeliveries.
 
 use integration_tests::dashboard::{Dashboard, Session, add_operator};
-use integration_tests::stack::{SECRET, Stack, StackOptions, organization_created, user_created};
+use integration_tests::stack::{SECRET, Stack, StackOptions, user_created};
 use serde_json::Value;
 
 async fn operator_session(stack: &Stack) -> (Dashboard, Session) {
@@ -19,10 +19,7 @@ async fn a_job_shows_every_attempt_with_its_time_worker_duration_and_error() {
     let (org, user) = ("org_attempts1", "user_attempts1");
     stack.sandbox.register(org, "acme-flaky-twilio").await;
     stack
-        .deliver(&user_created(user, "owner@attempts.test"))
-        .await;
-    stack
-        .deliver(&organization_created(org, "acme-flaky-twilio", user))
+        .deliver_new_org(org, "acme-flaky-twilio", user, "owner@attempts.test")
         .await;
     stack.wait_saga(org, "completed").await;
     let job: i64 = sqlx::query_scalar(

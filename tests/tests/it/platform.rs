@@ -6,9 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use integration_tests::stack::{
-    Stack, StackOptions, organization_created, provider_settings, user_created,
-};
+use integration_tests::stack::{Stack, StackOptions, provider_settings};
 use integration_tests::{fresh_db, wait_for};
 use jobs::local_pg::{Durability, LocalPostgres};
 use onboard::process::{Process, Roles, WorkerRole};
@@ -422,10 +420,12 @@ async fn onboard_worker_alone_serves_job_and_provider_counters_on_its_internal_l
     for i in 0..2 {
         let (org, user) = (format!("org_metrics{i}"), format!("user_metrics{i}"));
         stack
-            .deliver(&user_created(&user, &format!("owner{i}@metrics.test")))
-            .await;
-        stack
-            .deliver(&organization_created(&org, &format!("metrics{i}"), &user))
+            .deliver_new_org(
+                &org,
+                &format!("metrics{i}"),
+                &user,
+                &format!("owner{i}@metrics.test"),
+            )
             .await;
     }
     for i in 0..2 {

@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use integration_tests::stack::{
-    Stack, StackOptions, organization_created, organization_deleted, user_created,
-};
+use integration_tests::stack::{Stack, StackOptions, organization_created, organization_deleted};
 use integration_tests::wait_for;
 
 async fn permission_rows(stack: &Stack, org: &str) -> i64 {
@@ -71,9 +69,8 @@ async fn saga_job_kinds(stack: &Stack, org: &str) -> Vec<String> {
 async fn new_organization_is_onboarded_once_with_one_subaccount_one_email_and_its_metadata() {
     let stack = Stack::start(StackOptions::default()).await;
     let (org, user) = ("org_happy1", "user_happy1");
-    stack.deliver(&user_created(user, "owner@happy.test")).await;
     stack
-        .deliver(&organization_created(org, "happy", user))
+        .deliver_new_org(org, "happy", user, "owner@happy.test")
         .await;
     stack.wait_saga(org, "completed").await;
     stack.wait_idle().await;
@@ -110,9 +107,8 @@ async fn new_organization_is_onboarded_once_with_one_subaccount_one_email_and_it
 async fn the_steps_that_touch_only_our_database_run_in_the_transaction_that_starts_the_saga() {
     let stack = Stack::start(StackOptions::default()).await;
     let (org, user) = ("org_local1", "user_local1");
-    stack.deliver(&user_created(user, "owner@local.test")).await;
     stack
-        .deliver(&organization_created(org, "local", user))
+        .deliver_new_org(org, "local", user, "owner@local.test")
         .await;
     stack.wait_saga(org, "completed").await;
     stack.wait_idle().await;
@@ -164,10 +160,7 @@ async fn a_local_step_failing_as_the_saga_starts_fails_that_attempt_then_runs_in
     .await
     .unwrap();
     stack
-        .deliver(&user_created(user, "owner@localfail.test"))
-        .await;
-    stack
-        .deliver(&organization_created(org, "localfail", user))
+        .deliver_new_org(org, "localfail", user, "owner@localfail.test")
         .await;
     wait_for(
         "default_permissions' own job to fail an attempt",
@@ -223,10 +216,7 @@ async fn permanent_twilio_failure_compensates_every_started_step_then_restart_af
     let (org, user) = ("org_failing1", "user_failing1");
     stack.sandbox.register(org, "acme-fail-twilio").await;
     stack
-        .deliver(&user_created(user, "owner@failing.test"))
-        .await;
-    stack
-        .deliver(&organization_created(org, "acme-fail-twilio", user))
+        .deliver_new_org(org, "acme-fail-twilio", user, "owner@failing.test")
         .await;
     stack.wait_saga(org, "compensated").await;
     stack.wait_idle().await;
@@ -279,9 +269,8 @@ async fn flaky_twilio_completes_with_exactly_one_created_subaccount() {
     let stack = Stack::start(StackOptions::default()).await;
     let (org, user) = ("org_flaky1", "user_flaky1");
     stack.sandbox.register(org, "acme-flaky-twilio").await;
-    stack.deliver(&user_created(user, "owner@flaky.test")).await;
     stack
-        .deliver(&organization_created(org, "acme-flaky-twilio", user))
+        .deliver_new_org(org, "acme-flaky-twilio", user, "owner@flaky.test")
         .await;
     stack.wait_saga(org, "completed").await;
     let creates = stack
@@ -308,9 +297,8 @@ async fn slow_twilio_times_out_and_the_retry_adopts_the_account_it_created() {
     let stack = Stack::start(StackOptions::default()).await;
     let (org, user) = ("org_slow1", "user_slow1");
     stack.sandbox.register(org, "acme-slow-twilio").await;
-    stack.deliver(&user_created(user, "owner@slow.test")).await;
     stack
-        .deliver(&organization_created(org, "acme-slow-twilio", user))
+        .deliver_new_org(org, "acme-slow-twilio", user, "owner@slow.test")
         .await;
     stack.wait_saga(org, "completed").await;
     let creates = stack
@@ -331,24 +319,20 @@ async fn slow_twilio_times_out_and_the_retry_adopts_the_account_it_created() {
 async fn permanent_email_failure_ends_completed_with_errors_and_flaky_email_sends_once() {
     let stack = Stack::start(StackOptions::default()).await;
     stack
-        .deliver(&user_created("user_mailfail", "fail@mail.test"))
-        .await;
-    stack
-        .deliver(&organization_created(
+        .deliver_new_org(
             "org_mailfail",
             "mailfail",
             "user_mailfail",
-        ))
+            "fail@mail.test",
+        )
         .await;
     stack
-        .deliver(&user_created("user_mailflaky", "flaky@mail.test"))
-        .await;
-    stack
-        .deliver(&organization_created(
+        .deliver_new_org(
             "org_mailflaky",
             "mailflaky",
             "user_mailflaky",
-        ))
+            "flaky@mail.test",
+        )
         .await;
     stack
         .wait_saga("org_mailfail", "completed_with_errors")
@@ -376,9 +360,8 @@ async fn the_welcome_email_greets_the_creator_by_the_first_name_in_the_directory
     let stack = Stack::start(StackOptions::default()).await;
     let (org, user) = ("org_greet1", "user_greet1");
     // The fixture's user is John.
-    stack.deliver(&user_created(user, "john@greet.test")).await;
     stack
-        .deliver(&organization_created(org, "greet", user))
+        .deliver_new_org(org, "greet", user, "john@greet.test")
         .await;
     stack.wait_saga(org, "completed").await;
     let sent = stack
@@ -404,9 +387,8 @@ async fn a_welcome_email_sent_by_an_attempt_whose_commit_was_lost_is_not_sent_ag
     })
     .await;
     let (org, user) = ("org_moved1", "user_moved1");
-    stack.deliver(&user_created(user, "new@moved.test")).await;
     stack
-        .deliver(&organization_created(org, "moved", user))
+        .deliver_new_org(org, "moved", user, "new@moved.test")
         .await;
     // What the lost attempt sent, to the address the creator had then, under the step's key.
     let earlier = reqwest::Client::new()
@@ -452,10 +434,7 @@ async fn deleted_organization_is_offboarded_and_its_subaccount_closed() {
     let stack = Stack::start(StackOptions::default()).await;
     let (org, user) = ("org_leaving1", "user_leaving1");
     stack
-        .deliver(&user_created(user, "owner@leaving.test"))
-        .await;
-    stack
-        .deliver(&organization_created(org, "leaving", user))
+        .deliver_new_org(org, "leaving", user, "owner@leaving.test")
         .await;
     stack.wait_saga(org, "completed").await;
     assert_eq!(active_subaccounts(&stack, org).await, 1);
@@ -493,10 +472,7 @@ async fn worker_killed_between_the_twilio_create_and_its_commit_leaves_one_subac
     // The sandbox creates the account at once but answers 5 s later: the window to kill in.
     stack.sandbox.register(org, "acme-slow-twilio").await;
     stack
-        .deliver(&user_created(user, "owner@killed.test"))
-        .await;
-    stack
-        .deliver(&organization_created(org, "acme-slow-twilio", user))
+        .deliver_new_org(org, "acme-slow-twilio", user, "owner@killed.test")
         .await;
 
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_test-worker"))
@@ -543,9 +519,8 @@ async fn worker_killed_between_the_twilio_create_and_its_commit_leaves_one_subac
 async fn operator_retry_of_a_failed_welcome_email_completes_the_saga_after_heal() {
     let stack = Stack::start(StackOptions::default()).await;
     let (org, user) = ("org_retry1", "user_retry1");
-    stack.deliver(&user_created(user, "fail@retry.test")).await;
     stack
-        .deliver(&organization_created(org, "retry", user))
+        .deliver_new_org(org, "retry", user, "fail@retry.test")
         .await;
     stack.wait_saga(org, "completed_with_errors").await;
     stack.wait_idle().await;
@@ -752,10 +727,7 @@ async fn a_step_attempt_whose_lease_was_lost_commits_nothing() {
     let (org, user) = ("org_fenced1", "user_fenced1");
     stack.sandbox.register(org, "acme-slow-twilio").await;
     stack
-        .deliver(&user_created(user, "owner@fenced.test"))
-        .await;
-    stack
-        .deliver(&organization_created(org, "acme-slow-twilio", user))
+        .deliver_new_org(org, "acme-slow-twilio", user, "owner@fenced.test")
         .await;
     let key = format!("org:{org}");
     wait_for(
@@ -973,10 +945,7 @@ async fn an_unrecorded_twilio_create_is_closed_when_its_saga_is_cancelled() {
     let (org, user) = ("org_unrecorded1", "user_unrecorded1");
     stack.sandbox.register(org, "acme-slow-twilio").await;
     stack
-        .deliver(&user_created(user, "owner@unrecorded.test"))
-        .await;
-    stack
-        .deliver(&organization_created(org, "acme-slow-twilio", user))
+        .deliver_new_org(org, "acme-slow-twilio", user, "owner@unrecorded.test")
         .await;
     kill_a_worker_after_its_twilio_create(&stack, org).await;
     assert_eq!(active_subaccounts(&stack, org).await, 1);
@@ -1014,9 +983,8 @@ async fn restart_fences_the_previous_runs_leftover_step_jobs() {
     })
     .await;
     let (org, user) = ("org_rerun1", "user_rerun1");
-    stack.deliver(&user_created(user, "owner@rerun.test")).await;
     stack
-        .deliver(&organization_created(org, "rerun", user))
+        .deliver_new_org(org, "rerun", user, "owner@rerun.test")
         .await;
     let id = stack.start_saga_now().await.onboarding_id;
     // Run 1: step 1 succeeds (its job enqueues step 2's), then an operator cancels and the
@@ -1117,10 +1085,7 @@ async fn organization_deleted_during_a_running_saga_cancels_it_and_compensates()
     let (org, user) = ("org_cancel1", "user_cancel1");
     stack.sandbox.register(org, "acme-flaky-twilio").await;
     stack
-        .deliver(&user_created(user, "owner@cancel.test"))
-        .await;
-    stack
-        .deliver(&organization_created(org, "acme-flaky-twilio", user))
+        .deliver_new_org(org, "acme-flaky-twilio", user, "owner@cancel.test")
         .await;
     hold_the_twilio_step_in_its_backoff(&stack, org).await;
     stack.deliver(&organization_deleted(org)).await;
@@ -1151,10 +1116,7 @@ async fn operator_cancel_of_a_running_saga_compensates_every_started_step() {
     let (org, user) = ("org_opcancel1", "user_opcancel1");
     stack.sandbox.register(org, "acme-flaky-twilio").await;
     stack
-        .deliver(&user_created(user, "owner@opcancel.test"))
-        .await;
-    stack
-        .deliver(&organization_created(org, "acme-flaky-twilio", user))
+        .deliver_new_org(org, "acme-flaky-twilio", user, "owner@opcancel.test")
         .await;
     hold_the_twilio_step_in_its_backoff(&stack, org).await;
     let id = saga_id(&stack, org).await;
@@ -1199,10 +1161,7 @@ async fn operator_actions_on_a_saga_step_job_move_its_saga_on() {
     ] {
         stack.sandbox.register(org, "acme-flaky-twilio").await;
         stack
-            .deliver(&user_created(user, &format!("{user}@jobs.test")))
-            .await;
-        stack
-            .deliver(&organization_created(org, "acme-flaky-twilio", user))
+            .deliver_new_org(org, "acme-flaky-twilio", user, &format!("{user}@jobs.test"))
             .await;
         hold_the_twilio_step_in_its_backoff(&stack, org).await;
     }
@@ -1281,10 +1240,7 @@ async fn offboarding_stops_waiting_for_an_onboarding_that_does_not_end() {
         .unwrap();
     let (org, user) = ("org_waiting1", "user_waiting1");
     stack
-        .deliver(&user_created(user, "owner@waiting.test"))
-        .await;
-    stack
-        .deliver(&organization_created(org, "waiting", user))
+        .deliver_new_org(org, "waiting", user, "owner@waiting.test")
         .await;
     wait_for("the Twilio step", Duration::from_secs(60), || async {
         (steps(&stack, org).await.get(2).map(|s| s.1.clone()) == Some("done".into())).then_some(())
