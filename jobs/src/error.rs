@@ -36,6 +36,16 @@ impl JobError {
     pub fn permanent(message: impl std::fmt::Display) -> Self {
         JobError::Permanent(message.to_string())
     }
+
+    /// A failure that is permanent when `permanent` (retrying cannot help), else retried: for
+    /// an error type that knows which it is.
+    pub fn classified(message: impl std::fmt::Display, permanent: bool) -> Self {
+        if permanent {
+            Self::permanent(message)
+        } else {
+            Self::retry(message)
+        }
+    }
 }
 
 /// An error text as stored: without NUL characters (PostgreSQL's text and jsonb reject them)

@@ -22,7 +22,7 @@ use crate::request::{Creator, OnboardingRequest, Source};
 pub const QUEUE: &str = "clerk";
 
 /// The kind of the job an `organization.created` delivery gets: its handler starts the
-/// organization's onboarding saga (`start::start_from_inbox`).
+/// organization's onboarding saga (`start::start_from_payload_for_caller`).
 pub const ORGANIZATION_CREATED_KIND: &str = "clerk.organization.created";
 
 /// Clerk event types that get a `clerk.<type>` job (DESIGN.md §5), with that job's kind. Other
@@ -159,8 +159,8 @@ fn is_event_type(value: &str) -> bool {
 }
 
 /// The onboarding request carried by an `organization.created` body: the ingress checks it
-/// before storing the delivery, the `clerk.organization.created` job builds it again from the
-/// stored payload (`start::start_from_inbox`).
+/// before storing the delivery ([`organization_created_from`] builds it again from the stored
+/// payload).
 pub fn organization_created(body: &[u8]) -> Result<OnboardingRequest, EnvelopeError> {
     let event: OrganizationCreated =
         serde_json::from_slice(body).map_err(|e| EnvelopeError::Shape(e.to_string()))?;

@@ -220,22 +220,24 @@ impl InboxStartError {
     }
 }
 
-const INBOX_EVENT: &str = "select event_type, payload::text from onboard.inbox where id = $1";
+const INBOX_EVENT: &str = "select event_type, payload from onboard.inbox where id = $1";
 
 /// Starts the onboarding asked for by the `organization.created` delivery stored in inbox row
-/// `inbox_id` (what the `clerk.organization.created` job does), on the caller's connection or
-/// transaction: builds the request from the stored payload
-/// ([`crate::inbox::organization_created`]) and calls [`start`], so the webhook and the API
-/// share one saga per organization, whoever asks first. A new saga records `inbox_id`; an
-/// existing one is returned unchanged, so running this twice is harmless.
+/// `inbox_id`, on the caller's connection or transaction, with its first step's job enqueued:
+/// builds the request from the stored payload ([`crate::inbox::organization_created_from`]) and
+/// calls [`start`], so the webhook and the API share one saga per organization, whoever asks
+/// first. A new saga records `inbox_id`; an existing one is returned unchanged, so running this
+/// twice is harmless. (The `clerk.organization.created` job reads the delivery itself, to apply
+/// it to the directory too, and calls [`start_from_payload_for_caller`].)
 pub async fn start_from_inbox(
     conn: &mut PgConnection,
     inbox_id: i64,
 ) -> Result<Started, InboxStartError> {
-    let row: Option<(String, Option<String>)> = sqlx::query_as(INBOX_EVENT)
-        .bind(inbox_id)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let row: Option<(String, Option<sqlx::types::Json<serde_json::Value>>)> =
+        sqlx::query_as(INBOX_EVENT)
+            .bind(inbox_id)
+            .fetch_optional(&mut *conn)
+            .await?;
     let (event_type, payload) = row.ok_or(InboxStartError::MissingInbox(inbox_id))?;
     if event_type != "organization.created" {
         return Err(InboxStartError::NotOrganizationCreated {
@@ -250,9 +252,11 @@ pub async fn start_from_inbox(
             "the payload is gone (past its retention)".into(),
         ),
     })?;
-    let request = crate::inbox::organization_created(payload.as_bytes())
-        .map_err(|source| InboxStartError::Payload { inbox_id, source })?;
-    Ok(start_with_inbox(conn, &request, Some(inbox_id), FirstJob::Enqueue).await?)
+    Ok(
+        start_from_payload(conn, inbox_id, &payload.0, FirstJob::Enqueue)
+            .await?
+            .0,
+    )
 }
 
 /// [`start_from_inbox`] for a caller that has read the delivery's payload (and applied it to
@@ -264,9 +268,19 @@ pub async fn start_from_payload_for_caller(
     inbox_id: i64,
     payload: &serde_json::Value,
 ) -> Result<(Started, OnboardingRequest), InboxStartError> {
+    start_from_payload(conn, inbox_id, payload, FirstJob::Caller).await
+}
+
+/// Builds the request from inbox row `inbox_id`'s stored payload and starts its saga.
+async fn start_from_payload(
+    conn: &mut PgConnection,
+    inbox_id: i64,
+    payload: &serde_json::Value,
+    first_job: FirstJob,
+) -> Result<(Started, OnboardingRequest), InboxStartError> {
     let request = crate::inbox::organization_created_from(payload)
         .map_err(|source| InboxStartError::Payload { inbox_id, source })?;
-    let started = start_with_inbox(conn, &request, Some(inbox_id), FirstJob::Caller).await?;
+    let started = start_with_inbox(conn, &request, Some(inbox_id), first_job).await?;
     Ok((started, request))
 }
 

@@ -154,13 +154,8 @@ async fn start_onboarding(pool: PgPool, job: AnyJob, ctx: JobContext) -> Result<
         .as_i64()
         .ok_or_else(|| JobError::permanent("job arguments lack inbox_id"))?;
     let mut tx = pool.begin().await.map_err(retry)?;
-    let event_error = |e: onboarding::clerk_event::EventError| {
-        if e.is_permanent() {
-            JobError::permanent(e)
-        } else {
-            retry(e)
-        }
-    };
+    let event_error =
+        |e: onboarding::clerk_event::EventError| JobError::classified(&e, e.is_permanent());
     // The organization's record from the event itself (last writer wins on its updated_at)…
     let event = onboarding::clerk_event::read(&mut tx, &job.kind, inbox_id)
         .await
@@ -185,8 +180,7 @@ async fn start_onboarding(pool: PgPool, job: AnyJob, ctx: JobContext) -> Result<
                 tracing::info!(inbox_id, "organization already deleted: not onboarding it");
                 return Ok(());
             }
-            Err(e) if e.is_permanent() => return Err(JobError::permanent(e)),
-            Err(e) => return Err(retry(e)),
+            Err(e) => return Err(JobError::classified(&e, e.is_permanent())),
         };
     let settled = if started.created {
         // The row this transaction just inserted (and so holds): no need to read and lock it.

@@ -38,11 +38,9 @@ async fn apply(
     let args: ClerkJobArgs = serde_json::from_value(job.args)
         .map_err(|e| JobError::permanent(format!("undecodable `{}` arguments: {e}", job.kind)))?;
     let mut tx = pool.begin().await.map_err(JobError::retry)?;
-    match clerk_event::handle_with(&mut tx, &job.kind, args.inbox_id, roles).await {
-        Ok(()) => {}
-        Err(e) if e.is_permanent() => return Err(JobError::permanent(e)),
-        Err(e) => return Err(JobError::retry(e)),
-    }
+    clerk_event::handle_with(&mut tx, &job.kind, args.inbox_id, roles)
+        .await
+        .map_err(|e| JobError::classified(&e, e.is_permanent()))?;
     // The event's effects and the job's completion commit together; if this attempt no longer
     // holds the job (fenced), roll back and let the holder apply it.
     if !jobs::complete(&mut tx, ctx.id, ctx.attempt)
